@@ -1,0 +1,432 @@
+// Package api is the JSON face of deskrun over the control use cases:
+// routes under /api/v1, bearer-token auth, request ids, size limits, and
+// one function that turns any error into the envelope of DESIGN.md §9 with
+// its HTTP status.
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/control"
+	"github.com/deskrun/deskrun/internal/store"
+	"github.com/deskrun/deskrun/internal/wire"
+)
+
+// Config tunes the API.
+type Config struct {
+	// MaxBodyBytes bounds every request body.
+	MaxBodyBytes int64
+	Version      string
+}
+
+// API serves /api/v1.
+type API struct {
+	cfg     Config
+	svc     *control.Service
+	log     *slog.Logger
+	mux     *http.ServeMux
+	metrics *metrics
+}
+
+type metrics struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// New builds the API handler. reg may be nil.
+func New(cfg Config, svc *control.Service, log *slog.Logger, reg prometheus.Registerer) *API {
+	a := &API{cfg: cfg, svc: svc, log: log, mux: http.NewServeMux(), metrics: &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "deskrun_api_requests_total", Help: "API requests by route and status."}, []string{"route", "status"}),
+		latency:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "deskrun_api_request_seconds", Help: "API request latency by route.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}, []string{"route"}),
+	}}
+	if reg != nil {
+		reg.MustRegister(a.metrics.requests, a.metrics.latency)
+	}
+	a.routes()
+	return a
+}
+
+// route registers a handler that needs a token with at least role.
+func (a *API) route(pattern string, role deskrun.Role, h func(w http.ResponseWriter, r *http.Request) error) {
+	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if role != "" {
+			tok, err := a.svc.Authenticate(r.Context(), bearer(r))
+			if err == nil {
+				err = control.Authorize(tok, role)
+			}
+			if err != nil {
+				a.Error(w, r, err)
+				return
+			}
+		}
+		if err := h(w, r); err != nil {
+			a.Error(w, r, err)
+		}
+	})
+}
+
+func (a *API) routes() {
+	a.route("GET /api/v1/openapi.json", "", a.openAPI)
+	a.route("POST /api/v1/agent/enroll", "", a.enroll)
+	a.mux.HandleFunc("GET /api/v1/agent/connect", a.agentConnect)
+
+	a.route("GET /api/v1/machines", deskrun.RoleViewer, a.listMachines)
+	a.route("GET /api/v1/machines/{machine}", deskrun.RoleViewer, a.getMachine)
+	a.route("DELETE /api/v1/machines/{machine}", deskrun.RoleAdmin, a.deleteMachine)
+
+	a.route("POST /api/v1/tokens", deskrun.RoleAdmin, a.createToken)
+	a.route("GET /api/v1/tokens", deskrun.RoleAdmin, a.listTokens)
+	a.route("DELETE /api/v1/tokens/{token}", deskrun.RoleAdmin, a.revokeToken)
+
+	a.route("POST /api/v1/jobs", deskrun.RoleMaker, a.createJob)
+	a.route("GET /api/v1/jobs", deskrun.RoleViewer, a.listJobs)
+	a.route("GET /api/v1/jobs/{job}", deskrun.RoleViewer, a.getJob)
+	a.route("POST /api/v1/jobs/{job}/cancel", deskrun.RoleMaker, a.cancelJob)
+}
+
+// ServeHTTP adds a request id, a body limit, panic recovery and metrics,
+// and answers unknown routes and methods with the error envelope.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rid := r.Header.Get("X-Request-Id")
+	if rid == "" || len(rid) > 64 {
+		rid = newRequestID()
+	}
+	w.Header().Set("X-Request-Id", rid)
+	r = r.WithContext(context.WithValue(r.Context(), ridKey{}, rid))
+	if r.Body != nil {
+		r.Body = http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes)
+	}
+	sw := &statusWriter{ResponseWriter: w, status: 200}
+	_, pattern := a.mux.Handler(r)
+	defer func() {
+		if p := recover(); p != nil {
+			// Log the panic's type and location only: its value could hold
+			// request data.
+			a.log.Error("panic in handler", "route", pattern, "request_id", rid, "panic_type", fmt.Sprintf("%T", p))
+			a.Error(sw, r, errors.New("panic"))
+		}
+		route := pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		a.metrics.requests.WithLabelValues(route, strconv.Itoa(sw.status)).Inc()
+		a.metrics.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	}()
+	if pattern == "" {
+		a.unmatched(sw, r)
+		return
+	}
+	a.mux.ServeHTTP(sw, r) // sets r.PathValue, which mux.Handler does not
+}
+
+// unmatched tells a route that does not exist from a method it does not
+// allow.
+func (a *API) unmatched(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{"GET", "POST", "PUT", "PATCH", "DELETE"} {
+		r2 := r.Clone(r.Context())
+		r2.Method = m
+		if _, p := a.mux.Handler(r2); p != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		a.Error(w, r, &deskrun.Error{Code: deskrun.CodeMethodNotAllowed, Message: fmt.Sprintf("%s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allow, ", "))})
+		return
+	}
+	a.Error(w, r, &deskrun.Error{Code: deskrun.CodeRouteNotFound, Message: fmt.Sprintf("no API route %s %s", r.Method, r.URL.Path),
+		Resolution: "See /api/v1/openapi.json for the routes."})
+}
+
+type ridKey struct{}
+
+// RequestID returns the request id of ctx.
+func RequestID(ctx context.Context) string {
+	s, _ := ctx.Value(ridKey{}).(string)
+	return s
+}
+
+func newRequestID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) { w.status = code; w.ResponseWriter.WriteHeader(code) }
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+		return strings.TrimSpace(t)
+	}
+	return ""
+}
+
+// StatusOf maps an error code to its HTTP status. It is the only place
+// that does.
+func StatusOf(code string) int {
+	switch code {
+	case deskrun.CodeInvalid, deskrun.CodeMalformedJSON:
+		return http.StatusBadRequest
+	case deskrun.CodeUnauthorized, deskrun.CodeEnrollmentTokenInvalid, deskrun.CodeEnrollmentTokenExpired,
+		deskrun.CodeEnrollmentTokenUsedUp, deskrun.CodeAgentAuthFailed:
+		return http.StatusUnauthorized
+	case deskrun.CodeForbidden:
+		return http.StatusForbidden
+	case deskrun.CodeNotFound, deskrun.CodeRouteNotFound:
+		return http.StatusNotFound
+	case deskrun.CodeMethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case deskrun.CodeConflict, deskrun.CodeMachineNameTaken, deskrun.CodeMachineOffline:
+		return http.StatusConflict
+	case deskrun.CodeBodyTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case deskrun.CodeWindowsIdentityIncorrect:
+		return http.StatusUnprocessableEntity
+	case deskrun.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case deskrun.CodeAgentProtocolTooOld:
+		return http.StatusUpgradeRequired
+	}
+	return http.StatusInternalServerError
+}
+
+// Error writes err as the error envelope. Errors that are not
+// *deskrun.Error are internal: logged here once with the request id and
+// shown as "internal error".
+func (a *API) Error(w http.ResponseWriter, r *http.Request, err error) {
+	rid := RequestID(r.Context())
+	var de *deskrun.Error
+	if !errors.As(err, &de) {
+		a.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "request_id", rid, "err", err)
+		de = &deskrun.Error{Code: deskrun.CodeInternal, Message: "internal error; the server's log has the details under this request id"}
+	}
+	out := *de
+	out.RequestID = rid
+	writeJSON(w, StatusOf(out.Code), wire.ErrorEnvelope{Error: &out})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// decode reads a JSON body into v: unknown fields, trailing data, syntax
+// errors and oversized bodies are each a named error.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			return &deskrun.Error{Code: deskrun.CodeMalformedJSON, Message: "the body holds more than one JSON value"}
+		}
+		return nil
+	}
+	var mbe *http.MaxBytesError
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &mbe):
+		return &deskrun.Error{Code: deskrun.CodeBodyTooLarge, Message: fmt.Sprintf("the request body is over the limit of %d bytes", mbe.Limit)}
+	case errors.As(err, &se):
+		return &deskrun.Error{Code: deskrun.CodeMalformedJSON, Message: fmt.Sprintf("the body is not valid JSON (at byte %d): %v", se.Offset, se)}
+	case errors.As(err, &te):
+		return &deskrun.Error{Code: deskrun.CodeInvalid, Field: te.Field, Message: fmt.Sprintf("field %q must be a %s", te.Field, te.Type)}
+	case errors.Is(err, io.EOF):
+		return &deskrun.Error{Code: deskrun.CodeMalformedJSON, Message: "the body is empty; a JSON object is required"}
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return &deskrun.Error{Code: deskrun.CodeMalformedJSON, Message: "the body ends in the middle of a JSON value"}
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		return &deskrun.Error{Code: deskrun.CodeInvalid, Message: strings.TrimPrefix(err.Error(), "json: ")}
+	}
+	return &deskrun.Error{Code: deskrun.CodeMalformedJSON, Message: "the body is not valid JSON"}
+}
+
+func (a *API) enroll(w http.ResponseWriter, r *http.Request) error {
+	var req wire.EnrollRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	m, err := a.svc.Enroll(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, wire.EnrollResponse{Machine: wire.MachineFrom(m)})
+	return nil
+}
+
+func (a *API) agentConnect(w http.ResponseWriter, r *http.Request) {
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		return // Accept has written the HTTP error
+	}
+	a.svc.Hub.Serve(r.Context(), ws, r.RemoteAddr)
+}
+
+func (a *API) listMachines(w http.ResponseWriter, r *http.Request) error {
+	ms, err := a.svc.Machines(r.Context())
+	if err != nil {
+		return err
+	}
+	out := wire.MachineList{Machines: make([]wire.Machine, 0, len(ms))}
+	for _, m := range ms {
+		out.Machines = append(out.Machines, wire.MachineFrom(m))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *API) getMachine(w http.ResponseWriter, r *http.Request) error {
+	m, err := a.svc.Machine(r.Context(), r.PathValue("machine"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, wire.MachineFrom(m))
+	return nil
+}
+
+func (a *API) deleteMachine(w http.ResponseWriter, r *http.Request) error {
+	if err := a.svc.DeleteMachine(r.Context(), r.PathValue("machine")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
+	var req wire.TokenCreate
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	t, secret, err := a.svc.CreateToken(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	out := wire.TokenFrom(t)
+	out.Secret = secret
+	writeJSON(w, http.StatusCreated, out)
+	return nil
+}
+
+func (a *API) listTokens(w http.ResponseWriter, r *http.Request) error {
+	ts, err := a.svc.ListTokens(r.Context(), r.URL.Query().Get("kind"))
+	if err != nil {
+		return err
+	}
+	out := wire.TokenList{Tokens: make([]wire.Token, 0, len(ts))}
+	for _, t := range ts {
+		out.Tokens = append(out.Tokens, wire.TokenFrom(t))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *API) revokeToken(w http.ResponseWriter, r *http.Request) error {
+	if err := a.svc.RevokeToken(r.Context(), r.PathValue("token")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) createJob(w http.ResponseWriter, r *http.Request) error {
+	var req wire.JobCreate
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	j, err := a.svc.CreateJob(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, wire.JobFrom(j))
+	return nil
+}
+
+// maxWait bounds ?wait= so a client cannot hold a request forever.
+const maxWait = 5 * time.Minute
+
+func (a *API) getJob(w http.ResponseWriter, r *http.Request) error {
+	var wait time.Duration
+	if s := r.URL.Query().Get("wait"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < 0 {
+			return &deskrun.Error{Code: deskrun.CodeInvalid, Field: "wait", Message: fmt.Sprintf("wait %q is not a duration such as 30s", s)}
+		}
+		wait = min(d, maxWait)
+	}
+	j, err := a.svc.Job(r.Context(), r.PathValue("job"), wait)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, wire.JobFrom(j))
+	return nil
+}
+
+func (a *API) listJobs(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := store.JobFilter{Limit: 100}
+	if m := q.Get("machine"); m != "" {
+		mach, err := a.svc.Machine(r.Context(), m)
+		if err != nil {
+			return err
+		}
+		f.MachineID = mach.ID
+	}
+	if s := q.Get("state"); s != "" {
+		f.States = []deskrun.JobState{deskrun.JobState(s)}
+	}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1000 {
+			return &deskrun.Error{Code: deskrun.CodeInvalid, Field: "limit", Message: "limit must be between 1 and 1000"}
+		}
+		f.Limit = n
+	}
+	js, err := a.svc.Jobs(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	out := wire.JobList{Jobs: make([]wire.Job, 0, len(js))}
+	for _, j := range js {
+		out.Jobs = append(out.Jobs, wire.JobFrom(j))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *API) cancelJob(w http.ResponseWriter, r *http.Request) error {
+	if err := a.svc.CancelJob(r.Context(), r.PathValue("job")); err != nil {
+		return err
+	}
+	j, err := a.svc.Job(r.Context(), r.PathValue("job"), 0)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, wire.JobFrom(j))
+	return nil
+}

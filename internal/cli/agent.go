@@ -1,0 +1,97 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"os/user"
+
+	"github.com/spf13/cobra"
+
+	"github.com/deskrun/deskrun/internal/agent"
+)
+
+func newAgentCmd(a *app) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "agent",
+		Short: "Enroll this machine and run its agent",
+		Long: `The agent runs on each target machine, as root (a service), so it can log users on
+and run flows as them. It dials out to the server and never listens.`,
+	}
+	c.AddCommand(newAgentEnrollCmd(a), newAgentRunCmd(a), newAgentInstallPAMCmd(a))
+	return c
+}
+
+func newAgentEnrollCmd(a *app) *cobra.Command {
+	var token, name, state string
+	var force, asJSON bool
+	c := &cobra.Command{
+		Use:   "enroll --token T",
+		Short: "Register this machine with a server using an enrollment token",
+		Long: `Make the agent's keys (Ed25519 to authenticate, HPKE MLKEM768X25519 for sealed
+credentials) in the state directory (0600) and register the machine with the server
+named in the token, trusting only the CA whose fingerprint the token carries.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if token == "" {
+				token = a.io.Getenv("DESKRUN_ENROLLMENT_TOKEN")
+			}
+			if token == "" {
+				return usagef("--token is required (or DESKRUN_ENROLLMENT_TOKEN)")
+			}
+			if state == "" {
+				state = defaultAgentStateDir(a.io.Getenv)
+			}
+			m, err := agent.Enroll(cmd.Context(), agent.EnrollOptions{Token: token, Name: name, StateDir: state,
+				Info: agent.HostInfo(agent.DefaultHostFiles, 0), Force: force})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.io.Out, m)
+			}
+			fmt.Fprintf(a.io.Out, "enrolled machine %s (%s); state in %s\nstart the agent with: deskrun agent run --state-dir %s\n", m.Name, m.ID, state, state)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&token, "token", "", "enrollment token from `deskrun token create --enrollment`")
+	c.Flags().StringVar(&name, "name", "", "machine name (default: the hostname)")
+	c.Flags().StringVar(&state, "state-dir", "", "agent state directory (default /var/lib/deskrun/agent as root)")
+	c.Flags().BoolVar(&force, "force", false, "enroll again with new keys even if already enrolled")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func newAgentRunCmd(a *app) *cobra.Command {
+	var state, logLevel string
+	var slots int
+	c := &cobra.Command{
+		Use:   "run",
+		Short: "Connect to the server and run the jobs it pushes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if state == "" {
+				state = defaultAgentStateDir(a.io.Getenv)
+			}
+			log := a.logger(logLevel)
+			warnIdentity(a, log.Warn)
+			ag := &agent.Agent{StateDir: state, Log: log, Info: agent.HostInfo(agent.DefaultHostFiles, slots)}
+			return ag.Run(cmd.Context())
+		},
+	}
+	c.Flags().StringVar(&state, "state-dir", "", "agent state directory (default /var/lib/deskrun/agent as root)")
+	c.Flags().IntVar(&slots, "slots", 1, "how many runs this machine takes at once")
+	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return c
+}
+
+// warnIdentity says, once, whom this agent can act as.
+func warnIdentity(a *app, warn func(msg string, args ...any)) {
+	if os.Geteuid() == 0 {
+		return
+	}
+	name := fmt.Sprint(os.Geteuid())
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	warn("the agent is not running as root: it can run flows only as the invoking user", "user", name, "fix", "run the agent as root (sudo) to run flows as any user")
+}

@@ -1,0 +1,614 @@
+// Package dispatch pushes work to connected agents. The Hub owns the live
+// agent connections (one per machine), runs the agent protocol on each,
+// and moves jobs through their states: a job is pushed the moment it is
+// created if its agent is connected, or when the agent connects. Nothing
+// polls the database for work; timers fire only for leases.
+//
+// Leases: while an agent is connected its heartbeats keep its jobs alive.
+// When its connection ends (or the server starts without it), the Hub arms
+// one timer per machine; if the agent is not back before the lease runs
+// out, its pushed and running jobs fail with AgentLost. A job is never
+// silently re-run once an agent has acknowledged it, because automation
+// has side effects.
+package dispatch
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/store"
+	"github.com/deskrun/deskrun/internal/wire"
+)
+
+// Config tunes a Hub.
+type Config struct {
+	// HeartbeatInterval is how often agents send a heartbeat. An agent
+	// silent for HeartbeatMisses intervals is disconnected.
+	HeartbeatInterval time.Duration
+	HeartbeatMisses   int
+	// Lease is how long a disconnected agent's jobs wait for it to come
+	// back before they fail with AgentLost.
+	Lease time.Duration
+	// HelloTimeout bounds the handshake.
+	HelloTimeout  time.Duration
+	ServerVersion string
+}
+
+// DefaultConfig returns production defaults.
+func DefaultConfig() Config {
+	return Config{HeartbeatInterval: 10 * time.Second, HeartbeatMisses: 3, Lease: 60 * time.Second, HelloTimeout: 10 * time.Second}
+}
+
+// Hub runs agent connections and pushes jobs to them.
+type Hub struct {
+	cfg     Config
+	store   store.Store
+	log     *slog.Logger
+	now     func() time.Time
+	metrics *Metrics
+
+	mu       sync.Mutex
+	machines map[string]*machineState
+	waiters  map[string][]chan struct{} // job id → closed when the job ends
+	stopped  bool
+	ctx      context.Context
+	cancel   context.CancelFunc
+}
+
+// machineState serialises what happens to one machine: its connection
+// registering and jobs being created for it, so no job is missed between
+// "not connected" and "connected".
+type machineState struct {
+	mu    sync.Mutex
+	conn  *agentConn
+	lease *time.Timer
+}
+
+// New makes a Hub. now may be nil (time.Now).
+func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time, m *Metrics) *Hub {
+	if now == nil {
+		now = time.Now
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Hub{cfg: cfg, store: st, log: log, now: now, metrics: m,
+		machines: map[string]*machineState{}, waiters: map[string][]chan struct{}{}}
+}
+
+// Start marks every machine offline (no agent is connected to a server
+// that just started) and arms the lease of machines that still have jobs
+// in flight, so their agents have one lease to come back.
+func (h *Hub) Start(ctx context.Context) error {
+	h.ctx, h.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	now := h.now()
+	if err := h.store.MarkAllMachinesOffline(ctx, now, "server restarted"); err != nil {
+		return fmt.Errorf("mark machines offline: %w", err)
+	}
+	active, err := h.store.ListJobs(ctx, store.JobFilter{States: []deskrun.JobState{deskrun.JobPushed, deskrun.JobRunning}, Limit: 1 << 20})
+	if err != nil {
+		return fmt.Errorf("list active jobs: %w", err)
+	}
+	seen := map[string]bool{}
+	for _, j := range active {
+		if !seen[j.MachineID] {
+			seen[j.MachineID] = true
+			h.armLease(h.machine(j.MachineID), j.MachineID)
+		}
+	}
+	return nil
+}
+
+// Stop closes every agent connection. It is safe to call more than once.
+func (h *Hub) Stop() {
+	h.mu.Lock()
+	if h.stopped {
+		h.mu.Unlock()
+		return
+	}
+	h.stopped = true
+	ms := make([]*machineState, 0, len(h.machines))
+	for _, m := range h.machines {
+		ms = append(ms, m)
+	}
+	h.mu.Unlock()
+	for _, m := range ms {
+		m.mu.Lock()
+		if m.lease != nil {
+			m.lease.Stop()
+		}
+		c := m.conn
+		m.mu.Unlock()
+		if c != nil {
+			c.close(websocket.StatusGoingAway, "server stopping")
+		}
+	}
+	if h.cancel != nil {
+		h.cancel()
+	}
+}
+
+func (h *Hub) machine(id string) *machineState {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	m := h.machines[id]
+	if m == nil {
+		m = &machineState{}
+		h.machines[id] = m
+	}
+	return m
+}
+
+// Online reports whether machine id has a live agent connection here.
+func (h *Hub) Online(id string) bool {
+	m := h.machine(id)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.conn != nil
+}
+
+// Connected returns the number of live agent connections.
+func (h *Hub) Connected() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, m := range h.machines {
+		m.mu.Lock()
+		if m.conn != nil {
+			n++
+		}
+		m.mu.Unlock()
+	}
+	return n
+}
+
+// Submit stores a new job for its machine and pushes it at once when the
+// machine's agent is connected. The job is committed before it is sent.
+func (h *Hub) Submit(ctx context.Context, j *deskrun.Job) error {
+	m := h.machine(j.MachineID)
+	now := h.now()
+	j.CreatedAt, j.UpdatedAt = now, now
+	if j.ID == "" {
+		j.ID = deskrun.NewID("j", now)
+	}
+	m.mu.Lock()
+	c := m.conn
+	j.State = deskrun.JobQueued
+	if c != nil {
+		j.State = deskrun.JobPushed
+	}
+	err := h.store.CreateJob(ctx, j)
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	h.metrics.jobsCreated.Inc()
+	if c != nil {
+		c.send(&wire.Frame{Type: wire.FrameJob, Job: &wire.JobPush{ID: j.ID, Kind: j.Kind, Payload: j.Payload}})
+	}
+	return nil
+}
+
+// Cancel asks the agent to cancel a job; a job not yet pushed is cancelled
+// at once.
+func (h *Hub) Cancel(ctx context.Context, id string) error {
+	j, err := h.store.GetJob(ctx, id)
+	if err != nil {
+		return err
+	}
+	if j.State.Terminal() {
+		return nil
+	}
+	if j.State == deskrun.JobQueued {
+		_, err := h.finish(ctx, id, false, nil, &deskrun.Error{Code: deskrun.CodeJobCancelled, Message: "the job was cancelled before it reached its machine"})
+		return err
+	}
+	m := h.machine(j.MachineID)
+	m.mu.Lock()
+	c := m.conn
+	m.mu.Unlock()
+	if c == nil {
+		return &deskrun.Error{Code: deskrun.CodeMachineOffline, Message: "the job's machine is offline; it will be cancelled when its lease runs out"}
+	}
+	c.send(&wire.Frame{Type: wire.FrameCancel, ID: id})
+	return nil
+}
+
+// Wait returns the job once it is terminal, or as it is when ctx ends.
+func (h *Hub) Wait(ctx context.Context, id string) (*deskrun.Job, error) {
+	ch := make(chan struct{})
+	h.mu.Lock()
+	h.waiters[id] = append(h.waiters[id], ch)
+	h.mu.Unlock()
+	defer h.dropWaiter(id, ch)
+	j, err := h.store.GetJob(ctx, id)
+	if err != nil || j.State.Terminal() {
+		return j, err
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+	return h.store.GetJob(context.WithoutCancel(ctx), id)
+}
+
+func (h *Hub) dropWaiter(id string, ch chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ws := h.waiters[id]
+	for i, w := range ws {
+		if w == ch {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(h.waiters, id)
+	} else {
+		h.waiters[id] = ws
+	}
+}
+
+func (h *Hub) notify(id string) {
+	h.mu.Lock()
+	ws := h.waiters[id]
+	delete(h.waiters, id)
+	h.mu.Unlock()
+	for _, ch := range ws {
+		close(ch)
+	}
+}
+
+// finish records a job's end exactly once and wakes its waiters.
+func (h *Hub) finish(ctx context.Context, id string, ok bool, output []byte, jobErr *deskrun.Error) (bool, error) {
+	state := deskrun.JobSucceeded
+	if !ok {
+		state = deskrun.JobFailed
+		if jobErr != nil && jobErr.Code == deskrun.CodeJobCancelled {
+			state = deskrun.JobCancelled
+		}
+	}
+	applied, err := h.store.FinishJob(ctx, id, state, output, jobErr, h.now())
+	if err != nil {
+		return false, err
+	}
+	if applied {
+		h.metrics.jobsFinished.WithLabelValues(string(state)).Inc()
+		h.notify(id)
+	}
+	return applied, nil
+}
+
+// armLease starts (or restarts) the timer that fails a machine's in-flight
+// jobs if its agent does not come back in time.
+func (h *Hub) armLease(m *machineState, machineID string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.lease != nil {
+		m.lease.Stop()
+	}
+	m.lease = time.AfterFunc(h.cfg.Lease, func() { h.leaseExpired(machineID) })
+}
+
+func (h *Hub) leaseExpired(machineID string) {
+	m := h.machine(machineID)
+	m.mu.Lock()
+	back := m.conn != nil
+	m.lease = nil
+	m.mu.Unlock()
+	if back || h.ctx.Err() != nil {
+		return
+	}
+	ctx := h.ctx
+	jobs, err := h.store.ListJobs(ctx, store.JobFilter{MachineID: machineID, States: []deskrun.JobState{deskrun.JobPushed, deskrun.JobRunning}, Limit: 1 << 20})
+	if err != nil {
+		h.log.Error("lease expiry: list jobs", "machine", machineID, "err", err)
+		return
+	}
+	for _, j := range jobs {
+		e := &deskrun.Error{Code: deskrun.CodeAgentLost, Retryable: false, Machine: machineID,
+			Message: fmt.Sprintf("the agent of machine %s did not come back within %s; the job's outcome is unknown and it is not re-run, because automation has side effects", machineID, h.cfg.Lease),
+			Resolution: "Check the machine and its agent (`deskrun machine show " + machineID + "`), then run the job again if it is safe to."}
+		if _, err := h.finish(ctx, j.ID, false, nil, e); err != nil {
+			h.log.Error("lease expiry: fail job", "job_id", j.ID, "err", err)
+		}
+	}
+}
+
+// Serve runs the agent protocol on one accepted WebSocket until it ends.
+func (h *Hub) Serve(ctx context.Context, ws *websocket.Conn, remote string) {
+	ws.SetReadLimit(4 << 20)
+	c := &agentConn{ws: ws, hub: h}
+	mach, hello, err := h.handshake(ctx, c)
+	if err != nil {
+		var de *deskrun.Error
+		if errors.As(err, &de) {
+			c.write(ctx, &wire.Frame{Type: wire.FrameError, Error: de})
+			h.log.Warn("agent refused", "remote", remote, "code", de.Code, "reason", de.Message)
+		} else {
+			h.log.Info("agent handshake ended", "remote", remote, "err", err)
+		}
+		ws.Close(websocket.StatusPolicyViolation, "refused")
+		return
+	}
+	c.machineID = mach.ID
+	reason := h.run(ctx, c, mach, hello)
+	h.disconnect(c, reason)
+}
+
+func (h *Hub) handshake(ctx context.Context, c *agentConn) (*deskrun.Machine, *wire.Hello, error) {
+	hctx, cancel := context.WithTimeout(ctx, h.cfg.HelloTimeout)
+	defer cancel()
+	nonce := make([]byte, 32)
+	_, _ = rand.Read(nonce)
+	if err := c.write(hctx, &wire.Frame{Type: wire.FrameChallenge, Challenge: &wire.Challenge{Nonce: nonce}}); err != nil {
+		return nil, nil, err
+	}
+	f, err := c.read(hctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	authFail := &deskrun.Error{Code: deskrun.CodeAgentAuthFailed, Message: "the agent could not prove it is the machine it claims to be",
+		Resolution: "Re-enroll the agent: `deskrun agent enroll --token T` with a new enrollment token."}
+	if f.Type != wire.FrameHello || f.Hello == nil {
+		return nil, nil, authFail
+	}
+	hello := f.Hello
+	mach, err := h.store.GetMachine(ctx, hello.MachineID)
+	if err != nil {
+		if deskrun.IsCode(err, deskrun.CodeNotFound) {
+			return nil, nil, authFail
+		}
+		return nil, nil, err
+	}
+	if len(mach.SigningKey) != ed25519.PublicKeySize || !ed25519.Verify(mach.SigningKey, wire.AuthMessage(mach.ID, nonce), hello.Signature) {
+		return nil, nil, authFail
+	}
+	if hello.ProtocolVersion < wire.MinProtocolVersion {
+		return nil, nil, &deskrun.Error{Code: deskrun.CodeAgentProtocolTooOld, Machine: mach.Name,
+			Message: fmt.Sprintf("the agent speaks protocol %d; this server needs at least %d", hello.ProtocolVersion, wire.MinProtocolVersion),
+			Resolution: fmt.Sprintf("Upgrade deskrun on machine %s to the server's version (%s) and restart the agent.", mach.Name, h.cfg.ServerVersion)}
+	}
+	return mach, hello, nil
+}
+
+// run registers the connection, reconciles held jobs, and reads frames
+// until the connection ends; it returns why it ended.
+func (h *Hub) run(ctx context.Context, c *agentConn, mach *deskrun.Machine, hello *wire.Hello) string {
+	now := h.now()
+	info := hello.Info
+	mach.OS, mach.Arch, mach.Kernel, mach.AgentVersion = info.OS, info.Arch, info.Kernel, info.AgentVersion
+	mach.ProtocolVersion = hello.ProtocolVersion
+	mach.JoinState, mach.Domain = deskrun.JoinState(info.JoinState), info.Domain
+	if info.Slots > 0 {
+		mach.Slots = info.Slots
+	}
+	if err := h.store.UpdateMachineInfo(ctx, mach); err != nil {
+		return "store machine info: " + err.Error()
+	}
+
+	m := h.machine(mach.ID)
+	m.mu.Lock()
+	old := m.conn
+	m.conn = c
+	if m.lease != nil {
+		m.lease.Stop()
+		m.lease = nil
+	}
+	err := h.store.SetMachinePresence(ctx, mach.ID, deskrun.MachineOnline, now, "")
+	var active, queued []*deskrun.Job
+	if err == nil {
+		active, err = h.store.ListJobs(ctx, store.JobFilter{MachineID: mach.ID, States: []deskrun.JobState{deskrun.JobPushed, deskrun.JobRunning}, Limit: 1 << 20})
+	}
+	if err == nil {
+		queued, err = h.store.ListJobs(ctx, store.JobFilter{MachineID: mach.ID, States: []deskrun.JobState{deskrun.JobQueued}, Limit: 1 << 20})
+	}
+	m.mu.Unlock()
+	if old != nil {
+		old.close(websocket.StatusPolicyViolation, "replaced by a newer connection of the same machine")
+	}
+	if err != nil {
+		return "load jobs: " + err.Error()
+	}
+	h.metrics.agentsConnected.Inc()
+	defer h.metrics.agentsConnected.Dec()
+	h.log.Info("agent connected", "machine", mach.Name, "machine_id", mach.ID, "protocol", hello.ProtocolVersion, "held_jobs", len(hello.Held))
+
+	c.watchdog = time.AfterFunc(h.cfg.HeartbeatInterval*time.Duration(h.cfg.HeartbeatMisses), func() {
+		c.close(websocket.StatusPolicyViolation, "heartbeat timeout")
+	})
+	defer c.watchdog.Stop()
+	if err := c.write(ctx, &wire.Frame{Type: wire.FrameWelcome, Welcome: &wire.Welcome{
+		MachineID: mach.ID, HeartbeatInterval: h.cfg.HeartbeatInterval.Milliseconds(), ServerVersion: h.cfg.ServerVersion}}); err != nil {
+		return "write welcome: " + err.Error()
+	}
+	h.reconcile(ctx, c, hello.Held, active, queued)
+
+	for {
+		f, err := c.read(ctx)
+		if err != nil {
+			if r := c.closeReason(); r != "" {
+				return r
+			}
+			return "connection lost: " + shortErr(err)
+		}
+		c.watchdog.Reset(h.cfg.HeartbeatInterval * time.Duration(h.cfg.HeartbeatMisses))
+		h.handle(ctx, c, f)
+	}
+}
+
+// reconcile settles what the agent holds against what the store says.
+func (h *Hub) reconcile(ctx context.Context, c *agentConn, held []wire.HeldJob, active, queued []*deskrun.Job) {
+	holds := map[string]bool{}
+	for _, hj := range held {
+		holds[hj.ID] = true
+		if hj.Result != nil {
+			h.recordResult(ctx, c, hj.Result)
+			continue
+		}
+		if _, err := h.store.UpdateJobState(ctx, hj.ID, deskrun.JobRunning, time.Time{}, h.now()); err != nil {
+			h.log.Error("reconcile: mark running", "job_id", hj.ID, "err", err)
+		}
+	}
+	for _, j := range active {
+		if holds[j.ID] {
+			continue
+		}
+		if j.State == deskrun.JobPushed {
+			// Sent but never acknowledged: the agent never started it, so
+			// sending it again is safe.
+			c.send(&wire.Frame{Type: wire.FrameJob, Job: &wire.JobPush{ID: j.ID, Kind: j.Kind, Payload: j.Payload}})
+			continue
+		}
+		e := &deskrun.Error{Code: deskrun.CodeAgentLost, Machine: c.machineID,
+			Message:    "the agent restarted while running the job and lost it; the job's processes ended with the agent",
+			Resolution: "Find out why the agent restarted (its logs), then run the job again if it is safe to."}
+		if _, err := h.finish(ctx, j.ID, false, nil, e); err != nil {
+			h.log.Error("reconcile: fail lost job", "job_id", j.ID, "err", err)
+		}
+	}
+	for i := len(queued) - 1; i >= 0; i-- { // ListJobs is newest first; push oldest first
+		j := queued[i]
+		if ok, err := h.store.UpdateJobState(ctx, j.ID, deskrun.JobPushed, time.Time{}, h.now()); err != nil || !ok {
+			continue
+		}
+		c.send(&wire.Frame{Type: wire.FrameJob, Job: &wire.JobPush{ID: j.ID, Kind: j.Kind, Payload: j.Payload}})
+	}
+}
+
+func (h *Hub) handle(ctx context.Context, c *agentConn, f *wire.Frame) {
+	switch f.Type {
+	case wire.FrameHeartbeat:
+	case wire.FrameAck:
+		if _, err := h.store.UpdateJobState(ctx, f.ID, deskrun.JobRunning, time.Time{}, h.now()); err != nil {
+			h.log.Error("ack", "job_id", f.ID, "err", err)
+		}
+	case wire.FrameProgress:
+		if f.Progress != nil {
+			if err := h.store.SetJobProgress(ctx, f.Progress.ID, f.Progress.Message, h.now()); err != nil {
+				h.log.Error("progress", "job_id", f.Progress.ID, "err", err)
+			}
+		}
+	case wire.FrameResult:
+		if f.Result != nil {
+			h.recordResult(ctx, c, f.Result)
+		}
+	default:
+		h.log.Warn("unknown frame from agent", "machine_id", c.machineID, "type", f.Type)
+	}
+}
+
+func (h *Hub) recordResult(ctx context.Context, c *agentConn, r *wire.JobResult) {
+	if r.Error != nil && r.Error.Machine == "" {
+		r.Error.Machine = c.machineID
+	}
+	if _, err := h.finish(ctx, r.ID, r.OK, r.Output, r.Error); err != nil {
+		if !deskrun.IsCode(err, deskrun.CodeNotFound) {
+			h.log.Error("record result", "job_id", r.ID, "err", err)
+			return // no ack: the agent keeps the result and sends it again
+		}
+	}
+	c.send(&wire.Frame{Type: wire.FrameResultAck, ID: r.ID})
+}
+
+func (h *Hub) disconnect(c *agentConn, reason string) {
+	m := h.machine(c.machineID)
+	m.mu.Lock()
+	current := m.conn == c
+	if current {
+		m.conn = nil
+	}
+	m.mu.Unlock()
+	c.close(websocket.StatusNormalClosure, "")
+	if !current {
+		return // replaced: the new connection owns the machine's state
+	}
+	h.log.Info("agent disconnected", "machine_id", c.machineID, "reason", reason)
+	ctx := h.ctx
+	if err := h.store.SetMachinePresence(ctx, c.machineID, deskrun.MachineOffline, h.now(), reason); err != nil && ctx.Err() == nil {
+		h.log.Error("mark machine offline", "machine_id", c.machineID, "err", err)
+	}
+	if ctx.Err() == nil {
+		h.armLease(m, c.machineID)
+	}
+}
+
+// agentConn is one live agent connection. One goroutine reads (Serve's);
+// any goroutine may write. Heartbeats are watched by a timer, not a
+// goroutine, to keep idle connections cheap.
+type agentConn struct {
+	ws        *websocket.Conn
+	hub       *Hub
+	machineID string
+	watchdog  *time.Timer
+
+	mu       sync.Mutex
+	closedBy string
+}
+
+func (c *agentConn) read(ctx context.Context) (*wire.Frame, error) {
+	_, b, err := c.ws.Read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var f wire.Frame
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("malformed frame: %w", err)
+	}
+	return &f, nil
+}
+
+// write sends one frame; coder/websocket allows concurrent writers.
+func (c *agentConn) write(ctx context.Context, f *wire.Frame) error {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	return c.ws.Write(ctx, websocket.MessageText, b)
+}
+
+// send writes a frame with a bounded wait; a failed send closes the
+// connection, and the job is re-pushed or failed on reconnect.
+func (c *agentConn) send(f *wire.Frame) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.write(ctx, f); err != nil {
+		c.close(websocket.StatusInternalError, "write failed: "+shortErr(err))
+	}
+}
+
+func (c *agentConn) close(code websocket.StatusCode, reason string) {
+	c.mu.Lock()
+	if c.closedBy == "" {
+		c.closedBy = reason
+		if reason == "" {
+			c.closedBy = "closed"
+		}
+	}
+	c.mu.Unlock()
+	go c.ws.Close(code, reason) // Close waits for the peer; never block the caller
+}
+
+func (c *agentConn) closeReason() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closedBy
+}
+
+func shortErr(err error) string {
+	s := err.Error()
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return s
+}

@@ -1,0 +1,89 @@
+// Package store is the persistence seam of the server: one Store interface
+// that every backend (sqlite/, later postgres/) implements and that the
+// storetest conformance suite checks.
+//
+// The interface speaks the domain (package deskrun) only. Backends turn
+// driver errors into *deskrun.Error in one function each: a missing row is
+// CodeNotFound, a unique violation CodeConflict. Nothing here relies on
+// SQLite-only semantics: every multi-row rule is written as a transaction
+// through InTx, so a PostgreSQL backend with several servers gives the same
+// answers.
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/deskrun/deskrun"
+)
+
+// Store is the server's state.
+type Store interface {
+	Tx
+	// InTx runs fn in one transaction, committed if fn returns nil and
+	// rolled back otherwise. fn must use only the Tx it is given.
+	InTx(ctx context.Context, fn func(Tx) error) error
+	// Ping checks that the store answers (for /readyz).
+	Ping(ctx context.Context) error
+	// Migrate applies the embedded migrations that are not applied yet and
+	// returns the versions it applied.
+	Migrate(ctx context.Context) ([]int, error)
+	Close() error
+}
+
+// Tx is everything that can be read or written, inside or outside a
+// transaction. Methods return a *deskrun.Error with CodeNotFound for a
+// missing row and CodeConflict for a duplicate.
+type Tx interface {
+	// Machines.
+	CreateMachine(ctx context.Context, m *deskrun.Machine) error
+	GetMachine(ctx context.Context, id string) (*deskrun.Machine, error)
+	GetMachineByName(ctx context.Context, name string) (*deskrun.Machine, error)
+	ListMachines(ctx context.Context) ([]*deskrun.Machine, error)
+	// UpdateMachineInfo stores what the agent reported in its hello.
+	UpdateMachineInfo(ctx context.Context, m *deskrun.Machine) error
+	// SetMachinePresence records a change of state (online/offline); the
+	// server keeps heartbeats in memory and writes only changes.
+	SetMachinePresence(ctx context.Context, id string, state deskrun.MachineState, lastSeen time.Time, reason string) error
+	// MarkAllMachinesOffline is called when a server starts: no agent is
+	// connected to it yet.
+	MarkAllMachinesOffline(ctx context.Context, at time.Time, reason string) error
+	DeleteMachine(ctx context.Context, id string) error
+
+	// Tokens.
+	CreateToken(ctx context.Context, t *deskrun.Token) error
+	GetToken(ctx context.Context, id string) (*deskrun.Token, error)
+	ListTokens(ctx context.Context, kind deskrun.TokenKind) ([]*deskrun.Token, error)
+	RevokeToken(ctx context.Context, id string, at time.Time) error
+	// UseEnrollmentToken takes one use of an enrollment token. It fails
+	// with CodeEnrollmentTokenUsedUp when none is left, atomically, so two
+	// agents racing for the last use cannot both win.
+	UseEnrollmentToken(ctx context.Context, id string, at time.Time) error
+	TouchToken(ctx context.Context, id string, at time.Time) error
+
+	// Jobs.
+	CreateJob(ctx context.Context, j *deskrun.Job) error
+	GetJob(ctx context.Context, id string) (*deskrun.Job, error)
+	// ListJobs returns jobs newest first; machineID and states filter when
+	// not empty; limit 0 means a default page.
+	ListJobs(ctx context.Context, f JobFilter) ([]*deskrun.Job, error)
+	// UpdateJobState moves a job that is not terminal to state (pushed or
+	// running) with a new lease. It returns false, and changes nothing, when
+	// the job is already terminal.
+	UpdateJobState(ctx context.Context, id string, state deskrun.JobState, leaseExpires, at time.Time) (bool, error)
+	// SetJobProgress records the agent's latest progress line.
+	SetJobProgress(ctx context.Context, id, progress string, at time.Time) error
+	// FinishJob records a job's result exactly once: it returns false, and
+	// changes nothing, when the job is already terminal.
+	FinishJob(ctx context.Context, id string, state deskrun.JobState, result []byte, jobErr *deskrun.Error, at time.Time) (bool, error)
+	// RenewLeases extends the lease of every pushed or running job of a
+	// machine (one write per heartbeat period, not per job).
+	RenewLeases(ctx context.Context, machineID string, leaseExpires time.Time) error
+}
+
+// JobFilter selects jobs for ListJobs.
+type JobFilter struct {
+	MachineID string
+	States    []deskrun.JobState
+	Limit     int
+}
