@@ -307,7 +307,9 @@ func (a *Agent) execute(ctx context.Context, cancel context.CancelFunc, j *wire.
 		res.Error = &deskrun.Error{Code: deskrun.CodeInvalid, Message: fmt.Sprintf("this agent (version %s) does not know job kind %q", Version, j.Kind),
 			Resolution: "Upgrade the agent to the server's version."}
 	} else {
-		progress := func(msg string) { a.sendIfConnected(&wire.Frame{Type: wire.FrameProgress, Progress: &wire.JobProgress{ID: j.ID, Message: msg}}) }
+		progress := func(msg string) {
+			a.sendIfConnected(&wire.Frame{Type: wire.FrameProgress, Progress: &wire.JobProgress{ID: j.ID, Message: msg}})
+		}
 		out, err := ex(ctx, j.Payload, progress)
 		if err != nil {
 			var de *deskrun.Error

@@ -317,7 +317,7 @@ func (h *Hub) leaseExpired(machineID string) {
 	}
 	for _, j := range jobs {
 		e := &deskrun.Error{Code: deskrun.CodeAgentLost, Retryable: false, Machine: machineID,
-			Message: fmt.Sprintf("the agent of machine %s did not come back within %s; the job's outcome is unknown and it is not re-run, because automation has side effects", machineID, h.cfg.Lease),
+			Message:    fmt.Sprintf("the agent of machine %s did not come back within %s; the job's outcome is unknown and it is not re-run, because automation has side effects", machineID, h.cfg.Lease),
 			Resolution: "Check the machine and its agent (`deskrun machine show " + machineID + "`), then run the job again if it is safe to."}
 		if _, err := h.finish(ctx, j.ID, false, nil, e); err != nil {
 			h.log.Error("lease expiry: fail job", "job_id", j.ID, "err", err)
@@ -376,7 +376,7 @@ func (h *Hub) handshake(ctx context.Context, c *agentConn) (*deskrun.Machine, *w
 	}
 	if hello.ProtocolVersion < wire.MinProtocolVersion {
 		return nil, nil, &deskrun.Error{Code: deskrun.CodeAgentProtocolTooOld, Machine: mach.Name,
-			Message: fmt.Sprintf("the agent speaks protocol %d; this server needs at least %d", hello.ProtocolVersion, wire.MinProtocolVersion),
+			Message:    fmt.Sprintf("the agent speaks protocol %d; this server needs at least %d", hello.ProtocolVersion, wire.MinProtocolVersion),
 			Resolution: fmt.Sprintf("Upgrade deskrun on machine %s to the server's version (%s) and restart the agent.", mach.Name, h.cfg.ServerVersion)}
 	}
 	return mach, hello, nil

@@ -7,7 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-		"log/slog"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
