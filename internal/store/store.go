@@ -20,14 +20,12 @@ import (
 // Store is the server's state.
 type Store interface {
 	Tx
-	// InTx runs fn in one transaction, committed if fn returns nil and
-	// rolled back otherwise. fn must use only the Tx it is given.
-	InTx(ctx context.Context, fn func(Tx) error) error
 	// Ping checks that the store answers (for /readyz).
 	Ping(ctx context.Context) error
 	// Migrate applies the embedded migrations that are not applied yet and
 	// returns the versions it applied.
 	Migrate(ctx context.Context) ([]int, error)
+	// Close releases the store; closing it again is harmless.
 	Close() error
 }
 
@@ -35,6 +33,16 @@ type Store interface {
 // transaction. Methods return a *deskrun.Error with CodeNotFound for a
 // missing row and CodeConflict for a duplicate.
 type Tx interface {
+	// InTx runs fn in one transaction, committed if fn returns nil and
+	// rolled back otherwise. fn must use only the Tx it is given: a backend
+	// with a single writer (SQLite) blocks if fn writes through the Store.
+	//
+	// Called on a Tx, InTx reuses that transaction: fn's writes roll back
+	// on its own error (a savepoint) and commit with the outer transaction.
+	// Code that takes a Tx can so ask for atomicity without knowing
+	// whether its caller already holds a transaction.
+	InTx(ctx context.Context, fn func(Tx) error) error
+
 	// Machines.
 	CreateMachine(ctx context.Context, m *deskrun.Machine) error
 	GetMachine(ctx context.Context, id string) (*deskrun.Machine, error)
@@ -46,40 +54,55 @@ type Tx interface {
 	// server keeps heartbeats in memory and writes only changes.
 	SetMachinePresence(ctx context.Context, id string, state deskrun.MachineState, lastSeen time.Time, reason string) error
 	// MarkAllMachinesOffline is called when a server starts: no agent is
-	// connected to it yet.
+	// connected to it yet. Every machine not already offline becomes
+	// offline with reason and LastSeen at; offline machines keep theirs.
 	MarkAllMachinesOffline(ctx context.Context, at time.Time, reason string) error
+	// DeleteMachine deletes a machine and its jobs.
 	DeleteMachine(ctx context.Context, id string) error
 
 	// Tokens.
 	CreateToken(ctx context.Context, t *deskrun.Token) error
 	GetToken(ctx context.Context, id string) (*deskrun.Token, error)
 	ListTokens(ctx context.Context, kind deskrun.TokenKind) ([]*deskrun.Token, error)
+	// RevokeToken revokes a token; revoking it again keeps the first time.
 	RevokeToken(ctx context.Context, id string, at time.Time) error
-	// UseEnrollmentToken takes one use of an enrollment token. It fails
-	// with CodeEnrollmentTokenUsedUp when none is left, atomically, so two
-	// agents racing for the last use cannot both win.
+	// UseEnrollmentToken takes one use of an enrollment token and sets its
+	// LastUsed. It fails with CodeEnrollmentTokenUsedUp when none is left,
+	// atomically, so two agents racing for the last use cannot both win;
+	// with CodeEnrollmentTokenExpired at or after ExpiresAt; and with
+	// CodeEnrollmentTokenInvalid when the token does not exist, is revoked
+	// or is not an enrollment token.
 	UseEnrollmentToken(ctx context.Context, id string, at time.Time) error
+	// TouchToken sets a token's LastUsed.
 	TouchToken(ctx context.Context, id string, at time.Time) error
 
 	// Jobs.
 	CreateJob(ctx context.Context, j *deskrun.Job) error
 	GetJob(ctx context.Context, id string) (*deskrun.Job, error)
-	// ListJobs returns jobs newest first; machineID and states filter when
-	// not empty; limit 0 means a default page.
+	// ListJobs returns jobs newest first (by id, which sorts by creation
+	// time); MachineID and States filter when not empty; a Limit of 0 or
+	// less means DefaultJobLimit.
 	ListJobs(ctx context.Context, f JobFilter) ([]*deskrun.Job, error)
 	// UpdateJobState moves a job that is not terminal to state (pushed or
 	// running) with a new lease. It returns false, and changes nothing, when
-	// the job is already terminal.
+	// the job is already terminal. A terminal state is CodeInvalid: only
+	// FinishJob ends a job.
 	UpdateJobState(ctx context.Context, id string, state deskrun.JobState, leaseExpires, at time.Time) (bool, error)
-	// SetJobProgress records the agent's latest progress line.
+	// SetJobProgress records the agent's latest progress line. A late line
+	// for a terminal job changes nothing and is not an error.
 	SetJobProgress(ctx context.Context, id, progress string, at time.Time) error
 	// FinishJob records a job's result exactly once: it returns false, and
-	// changes nothing, when the job is already terminal.
+	// changes nothing, when the job is already terminal. state must be
+	// terminal (CodeInvalid otherwise); the lease is cleared.
 	FinishJob(ctx context.Context, id string, state deskrun.JobState, result []byte, jobErr *deskrun.Error, at time.Time) (bool, error)
 	// RenewLeases extends the lease of every pushed or running job of a
-	// machine (one write per heartbeat period, not per job).
+	// machine (one write per heartbeat period, not per job). A machine
+	// without such jobs is not an error.
 	RenewLeases(ctx context.Context, machineID string, leaseExpires time.Time) error
 }
+
+// DefaultJobLimit is the page ListJobs returns when JobFilter.Limit is 0.
+const DefaultJobLimit = 100
 
 // JobFilter selects jobs for ListJobs.
 type JobFilter struct {

@@ -1,0 +1,118 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"time"
+
+	"github.com/deskrun/deskrun"
+)
+
+const machineColumns = `id, name, os, arch, kernel, agent_version, protocol_version, join_state,
+	domain, slots, signing_key, seal_key, seal_key_id, state, last_seen, offline_reason, created_at`
+
+func scanMachine(s scanner) (*deskrun.Machine, error) {
+	var (
+		m                   deskrun.Machine
+		lastSeen, createdAt int64
+		signingKey, sealKey []byte
+		joinState, state    string
+	)
+	err := s.Scan(&m.ID, &m.Name, &m.OS, &m.Arch, &m.Kernel, &m.AgentVersion, &m.ProtocolVersion, &joinState,
+		&m.Domain, &m.Slots, &signingKey, &sealKey, &m.SealKeyID, &state, &lastSeen, &m.OfflineReason, &createdAt)
+	if err != nil {
+		return nil, err
+	}
+	m.JoinState = deskrun.JoinState(joinState)
+	m.State = deskrun.MachineState(state)
+	m.SigningKey = nonEmpty(signingKey)
+	m.SealKey = nonEmpty(sealKey)
+	m.LastSeen = fromNanos(lastSeen)
+	m.CreatedAt = fromNanos(createdAt)
+	return &m, nil
+}
+
+func (q *queries) CreateMachine(ctx context.Context, m *deskrun.Machine) error {
+	_, err := q.w.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		m.ID, m.Name, m.OS, m.Arch, m.Kernel, m.AgentVersion, m.ProtocolVersion, string(m.JoinState),
+		m.Domain, m.Slots, blob(m.SigningKey), blob(m.SealKey), m.SealKeyID, string(m.State),
+		nanos(m.LastSeen), m.OfflineReason, nanos(m.CreatedAt))
+	return interpretError(err, subject{op: "create machine", kind: "machine", id: m.ID, name: m.Name})
+}
+
+func (q *queries) GetMachine(ctx context.Context, id string) (*deskrun.Machine, error) {
+	m, err := scanMachine(q.r.QueryRowContext(ctx, `SELECT `+machineColumns+` FROM machines WHERE id = ?`, id))
+	if err != nil {
+		return nil, interpretError(err, subject{op: "get machine", kind: "machine", id: id})
+	}
+	return m, nil
+}
+
+func (q *queries) GetMachineByName(ctx context.Context, name string) (*deskrun.Machine, error) {
+	m, err := scanMachine(q.r.QueryRowContext(ctx, `SELECT `+machineColumns+` FROM machines WHERE name = ?`, name))
+	if err != nil {
+		return nil, interpretError(err, subject{op: "get machine", kind: "machine", name: name})
+	}
+	return m, nil
+}
+
+// ListMachines returns every machine, ordered by name.
+func (q *queries) ListMachines(ctx context.Context) ([]*deskrun.Machine, error) {
+	rows, err := q.r.QueryContext(ctx, `SELECT `+machineColumns+` FROM machines ORDER BY name`)
+	if err != nil {
+		return nil, interpretError(err, subject{op: "list machines"})
+	}
+	defer rows.Close()
+	var ms []*deskrun.Machine
+	for rows.Next() {
+		m, err := scanMachine(rows)
+		if err != nil {
+			return nil, interpretError(err, subject{op: "list machines"})
+		}
+		ms = append(ms, m)
+	}
+	return ms, interpretError(rows.Err(), subject{op: "list machines"})
+}
+
+// UpdateMachineInfo stores what the agent reports about itself in its
+// hello. The name, keys, presence and creation time are not touched.
+func (q *queries) UpdateMachineInfo(ctx context.Context, m *deskrun.Machine) error {
+	res, err := q.w.ExecContext(ctx, `UPDATE machines SET os = ?, arch = ?, kernel = ?, agent_version = ?,
+		protocol_version = ?, join_state = ?, domain = ?, slots = ? WHERE id = ?`,
+		m.OS, m.Arch, m.Kernel, m.AgentVersion, m.ProtocolVersion, string(m.JoinState), m.Domain, m.Slots, m.ID)
+	return mustAffect(res, err, subject{op: "update machine", kind: "machine", id: m.ID})
+}
+
+func (q *queries) SetMachinePresence(ctx context.Context, id string, state deskrun.MachineState, lastSeen time.Time, reason string) error {
+	res, err := q.w.ExecContext(ctx, `UPDATE machines SET state = ?, last_seen = ?, offline_reason = ? WHERE id = ?`,
+		string(state), nanos(lastSeen), reason, id)
+	return mustAffect(res, err, subject{op: "set machine presence", kind: "machine", id: id})
+}
+
+func (q *queries) MarkAllMachinesOffline(ctx context.Context, at time.Time, reason string) error {
+	_, err := q.w.ExecContext(ctx, `UPDATE machines SET state = ?, last_seen = ?, offline_reason = ? WHERE state <> ?`,
+		string(deskrun.MachineOffline), nanos(at), reason, string(deskrun.MachineOffline))
+	return interpretError(err, subject{op: "mark machines offline"})
+}
+
+// DeleteMachine deletes a machine; its jobs go with it (ON DELETE CASCADE).
+func (q *queries) DeleteMachine(ctx context.Context, id string) error {
+	res, err := q.w.ExecContext(ctx, `DELETE FROM machines WHERE id = ?`, id)
+	return mustAffect(res, err, subject{op: "delete machine", kind: "machine", id: id})
+}
+
+// mustAffect turns an update of no row into CodeNotFound for s.
+func mustAffect(res sql.Result, err error, s subject) error {
+	if err != nil {
+		return interpretError(err, s)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return interpretError(err, s)
+	}
+	if n == 0 {
+		return interpretError(sql.ErrNoRows, s)
+	}
+	return nil
+}

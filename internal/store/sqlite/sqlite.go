@@ -1,0 +1,290 @@
+// Package sqlite is the embedded store.Store backend: one SQLite file in
+// WAL mode, the default for `deskrun dev` and single-server installs.
+//
+// Writes go through a pool of exactly one connection and every transaction
+// begins IMMEDIATE, so writers queue in Go instead of failing with
+// SQLITE_BUSY; reads use a separate read-only pool and, thanks to WAL, never
+// wait for a writer. Times are stored as INTEGER unix nanoseconds (0 for
+// the zero time) and read back in UTC.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/deskrun/deskrun/internal/store"
+)
+
+// DB is a SQLite store. It is safe for concurrent use.
+type DB struct {
+	queries
+	write *sql.DB // one connection: every write and transaction
+	read  *sql.DB // read-only connections; the same as write for :memory:
+}
+
+var _ store.Store = (*DB)(nil)
+
+type config struct {
+	synchronous string
+	busyTimeout time.Duration
+	readConns   int
+	autoMigrate bool
+	onePool     bool // reads on the writer too; only to measure the split
+}
+
+// Option configures Open.
+type Option func(*config)
+
+// WithSynchronousNormal trades durability for speed: in WAL mode with
+// synchronous=NORMAL a commit survives a crash of the process but the last
+// transactions may be lost if the machine loses power. The default, FULL,
+// fsyncs the WAL on every commit.
+func WithSynchronousNormal() Option {
+	return func(c *config) { c.synchronous = "NORMAL" }
+}
+
+// WithBusyTimeout sets how long a connection waits for a lock held by
+// another process (a `deskrun migrate` next to a running server, a backup)
+// before failing with SQLITE_BUSY. The default is 5s. Writers of the same
+// DB never contend for the lock: they queue for the single writer.
+func WithBusyTimeout(d time.Duration) Option {
+	return func(c *config) { c.busyTimeout = d }
+}
+
+// WithReadConns sets the size of the read pool (default: GOMAXPROCS, at
+// least 2).
+func WithReadConns(n int) Option {
+	return func(c *config) { c.readConns = n }
+}
+
+// WithAutoMigrate makes Open apply pending migrations. Without it, Open
+// leaves the schema alone and the caller runs Migrate (the server at start,
+// `deskrun migrate` on demand).
+func WithAutoMigrate() Option {
+	return func(c *config) { c.autoMigrate = true }
+}
+
+// Open opens (creating if needed) the SQLite database at path; ":memory:"
+// gives a private in-memory database, for tests.
+func Open(ctx context.Context, path string, opts ...Option) (*DB, error) {
+	cfg := config{
+		synchronous: "FULL",
+		busyTimeout: 5 * time.Second,
+		readConns:   max(2, runtime.GOMAXPROCS(0)),
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if path == "" || strings.ContainsRune(path, '?') {
+		return nil, fmt.Errorf("open sqlite: invalid path %q", path)
+	}
+
+	db := &DB{}
+	pragmas := []string{
+		fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout.Milliseconds()),
+		"foreign_keys(1)",
+		"synchronous(" + cfg.synchronous + ")",
+	}
+	var err error
+	switch {
+	case path == ":memory:":
+		// Every connection to :memory: is a different database: use one.
+		db.write, err = openPool(path, "immediate", pragmas, 1)
+		db.read = db.write
+	case cfg.onePool:
+		db.write, err = openPool(path, "immediate", append(pragmas, "journal_mode(WAL)"), 1)
+		db.read = db.write
+	default:
+		db.write, err = openPool(path, "immediate", append(pragmas, "journal_mode(WAL)"), 1)
+		if err == nil {
+			db.read, err = openPool(path, "", append(pragmas, "query_only(1)"), cfg.readConns)
+		}
+	}
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	db.queries = queries{r: db.read, w: db.write}
+
+	// Connect the writer first: it switches the file to WAL, which a
+	// query_only reader cannot do.
+	if err := db.write.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	if err := db.read.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	if cfg.autoMigrate {
+		if _, err := db.Migrate(ctx); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
+	return db, nil
+}
+
+func openPool(path, txlock string, pragmas []string, conns int) (*sql.DB, error) {
+	var q []string
+	for _, p := range pragmas {
+		q = append(q, "_pragma="+p)
+	}
+	if txlock != "" {
+		q = append(q, "_txlock="+txlock)
+	}
+	pool, err := sql.Open("sqlite", path+"?"+strings.Join(q, "&"))
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	pool.SetMaxOpenConns(conns)
+	pool.SetMaxIdleConns(conns)
+	pool.SetConnMaxLifetime(0)
+	pool.SetConnMaxIdleTime(0)
+	return pool, nil
+}
+
+// Close closes both pools.
+func (db *DB) Close() error {
+	var errs []error
+	if db.read != nil && db.read != db.write {
+		errs = append(errs, db.read.Close())
+	}
+	if db.write != nil {
+		errs = append(errs, db.write.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Ping checks both pools.
+func (db *DB) Ping(ctx context.Context) error {
+	if err := db.write.PingContext(ctx); err != nil {
+		return fmt.Errorf("ping sqlite: %w", err)
+	}
+	if err := db.read.PingContext(ctx); err != nil {
+		return fmt.Errorf("ping sqlite: %w", err)
+	}
+	return nil
+}
+
+// InTx runs fn in a transaction on the writer. The transaction begins
+// IMMEDIATE, taking the write lock at once, so a read followed by a write in
+// fn cannot fail halfway with SQLITE_BUSY. fn must not use db itself: the
+// writer is busy with fn's transaction and db's writes would wait for it.
+func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) (err error) {
+	sqlTx, err := db.write.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	done := false
+	defer func() {
+		if !done {
+			_ = sqlTx.Rollback() // fn panicked; the panic goes on
+		}
+	}()
+	t := &tx{queries: queries{r: sqlTx, w: sqlTx}, tx: sqlTx}
+	if err := fn(t); err != nil {
+		done = true
+		if rbErr := sqlTx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
+			return errors.Join(err, fmt.Errorf("rollback: %w", rbErr))
+		}
+		return err
+	}
+	done = true
+	if err := sqlTx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// tx is the store.Tx that InTx gives fn.
+type tx struct {
+	queries
+	tx         *sql.Tx
+	savepoints int
+}
+
+// InTx runs fn inside the current transaction, under a savepoint so that
+// fn's error undoes only fn's writes.
+func (t *tx) InTx(ctx context.Context, fn func(store.Tx) error) error {
+	t.savepoints++
+	sp := fmt.Sprintf("sp%d", t.savepoints)
+	if _, err := t.tx.ExecContext(ctx, "SAVEPOINT "+sp); err != nil {
+		return fmt.Errorf("savepoint: %w", err)
+	}
+	done := false
+	defer func() {
+		if !done {
+			_, _ = t.tx.ExecContext(context.WithoutCancel(ctx), "ROLLBACK TO "+sp)
+		}
+	}()
+	if err := fn(t); err != nil {
+		done = true
+		if _, rbErr := t.tx.ExecContext(context.WithoutCancel(ctx), "ROLLBACK TO "+sp+"; RELEASE "+sp); rbErr != nil {
+			return errors.Join(err, fmt.Errorf("rollback to savepoint: %w", rbErr))
+		}
+		return err
+	}
+	done = true
+	if _, err := t.tx.ExecContext(ctx, "RELEASE "+sp); err != nil {
+		return fmt.Errorf("release savepoint: %w", err)
+	}
+	return nil
+}
+
+// execer is what queries need from *sql.DB and *sql.Tx.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// queries holds the SQL of every store.Tx method. Outside a transaction r
+// is the read pool and w the writer; inside one both are the *sql.Tx, so
+// reads see the transaction's own writes.
+type queries struct {
+	r, w execer
+}
+
+// nanos and fromNanos convert times to the stored form: unix nanoseconds,
+// with 0 for the zero time (so a time before 1678 or after 2262 cannot be
+// stored, which no deskrun time is).
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// blob stores an empty slice as NULL; nonEmpty reads NULL or empty as nil,
+// so a value round-trips to what was stored.
+func blob(b []byte) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
+
+func nonEmpty(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
+
+// scanner is a *sql.Row or *sql.Rows.
+type scanner interface{ Scan(dest ...any) error }
