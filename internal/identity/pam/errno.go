@@ -1,0 +1,5 @@
+package pam
+
+import "syscall"
+
+func syscallErr(n int) error { return syscall.Errno(n) }
