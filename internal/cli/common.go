@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,8 +9,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"github.com/spf13/cobra"
 
 	"github.com/deskrun/deskrun/internal/client"
 )
@@ -72,10 +69,6 @@ func ago(t time.Time) string {
 		return "just now"
 	}
 	return d.String() + " ago"
-}
-
-func withTimeout(cmd *cobra.Command, d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(cmd.Context(), d)
 }
 
 // defaultAgentStateDir is /var/lib/deskrun/agent for root, else
