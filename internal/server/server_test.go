@@ -446,3 +446,47 @@ func TestOpenAPIMatchesResponses(t *testing.T) {
 	}
 	var _ routers.Router = router
 }
+
+func TestNewConnectionReplacesOld(t *testing.T) {
+	t.Parallel()
+	e := startServer(t)
+	dir := t.TempDir()
+	_, err := agent.Enroll(t.Context(), agent.EnrollOptions{Token: e.enrollmentToken(t, 1, ""), Name: "twice", StateDir: dir, Info: agent.HostInfo(agent.DefaultHostFiles, 1)})
+	require.NoError(t, err)
+	id, err := agent.LoadIdentity(dir)
+	require.NoError(t, err)
+	handshake := func() *websocket.Conn {
+		ws := e.dialAgent(t)
+		c := readFrame(t, ws)
+		writeFrame(t, ws, &wire.Frame{Type: wire.FrameHello, Hello: &wire.Hello{MachineID: id.MachineID,
+			Signature: ed25519.Sign(id.SigningKey, wire.AuthMessage(id.MachineID, c.Challenge.Nonce)), ProtocolVersion: wire.ProtocolVersion}})
+		require.Equal(t, wire.FrameWelcome, readFrame(t, ws).Type)
+		return ws
+	}
+	first := handshake()
+	second := handshake()
+	// The first connection is closed by the server; the second one lives.
+	_, _, err = first.Read(t.Context())
+	require.Error(t, err)
+	require.Equal(t, "online", e.machineState(t, "twice").State)
+	// A job goes to the live connection.
+	j, err := e.admin.CreateJob(t.Context(), wire.JobCreate{Machine: "twice", Kind: "noop"})
+	require.NoError(t, err)
+	f := readFrame(t, second)
+	require.Equal(t, wire.FrameJob, f.Type)
+	require.Equal(t, j.ID, f.Job.ID)
+}
+
+func TestMetricsAndHealth(t *testing.T) {
+	t.Parallel()
+	e := startServer(t)
+	_, stop := e.startAgent(t, "metrics")
+	defer stop()
+	waitFor(t, "machine online", func() bool { return e.machineState(t, "metrics").State == "online" })
+	_, resp, b := e.call(t, "GET", "/metrics", "", nil)
+	require.Equal(t, 200, resp.StatusCode)
+	require.Contains(t, string(b), "deskrun_agents_connected 1")
+	require.Contains(t, string(b), `deskrun_api_requests_total{route="GET /api/v1/machines/{machine}"`)
+	_, resp, b = e.call(t, "GET", "/readyz", "", nil)
+	require.Equal(t, 200, resp.StatusCode, "%s", b)
+}
