@@ -110,6 +110,9 @@ Start here:  deskrun dev`,
 	}
 	for _, c := range []*cobra.Command{
 		newVersionCmd(a),
+		newExplainCmd(a),
+		newDiagnoseCmd(a),
+		newDoctorCmd(a),
 	} {
 		c.GroupID = "local"
 		root.AddCommand(c)

@@ -73,6 +73,7 @@ const (
 	ReasonPamStackError       = "PamStackError"
 	ReasonAgentNotPrivileged  = "AgentNotPrivileged"
 	ReasonProviderUnavailable = "LogonProviderUnavailable"
+	ReasonDoctorFailed        = "DoctorFailed"
 )
 
 // Catalog returns every entry, in table order (identity first). The slice

@@ -420,6 +420,11 @@ var catalog = []Entry{
 		Resolution: "Install the official Linux package of deskrun, or build with CGO_ENABLED=1 and libpam0g-dev.",
 	},
 	{
+		Reason: ReasonDoctorFailed, Code: ReasonDoctorFailed, Category: "agent",
+		Message:    "At least one of deskrun doctor's checks failed.",
+		Resolution: "Apply the fix printed under each FAIL line, then run `deskrun doctor` again.",
+	},
+	{
 		Reason: deskrun.CodeAgentProtocolTooOld, Code: deskrun.CodeAgentProtocolTooOld, Category: "agent", HTTP: 426,
 		Message:    "The agent speaks an older protocol than the server requires.",
 		Resolution: "Upgrade deskrun on the machine to the server's version, then restart the agent (`systemctl restart deskrun-agent`).",

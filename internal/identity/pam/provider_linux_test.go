@@ -181,8 +181,8 @@ func TestLogonDirectoryStates(t *testing.T) {
 		body := "auth " + auth + "\naccount required pam_permit.so\nsession required pam_permit.so\n"
 		require.NoError(t, os.WriteFile(s.ServiceFile(lt), []byte(body), 0o644))
 	}
-	write(identity.LogonInteractive, "requisite "+fx.module+" rc=9")                                        // PAM_AUTHINFO_UNAVAIL
-	write(identity.LogonBatch, "requisite "+fx.module+" prompt=PIN rc=0")                                    // asks for a PIN
+	write(identity.LogonInteractive, "requisite "+fx.module+" rc=9")                                           // PAM_AUTHINFO_UNAVAIL
+	write(identity.LogonBatch, "requisite "+fx.module+" prompt=PIN rc=0")                                      // asks for a PIN
 	write(identity.LogonNetwork, "sufficient "+fx.module+" rc=0 [msg=Authenticated with cached credentials.]") // offline success
 	joined := identity.JoinInfo{State: deskrun.JoinSSSD, Domain: "corp.example"}
 	p := pam.New(pam.Config{Stack: s, Join: joined})
