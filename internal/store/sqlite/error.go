@@ -50,11 +50,11 @@ func interpretError(err error, s subject) error {
 			column, _, _ = strings.Cut(column, " ")
 			switch column {
 			case "name":
-				return deskrun.Errorf(deskrun.CodeConflict, "a %s named %q already exists", s.kind, s.name)
+				return deskrun.Errorf(deskrun.CodeConflict, "%s %s named %q already exists", article(s.kind), s.kind, s.name)
 			case "id":
-				return deskrun.Errorf(deskrun.CodeConflict, "a %s with id %q already exists", s.kind, s.id)
+				return deskrun.Errorf(deskrun.CodeConflict, "%s %s with id %q already exists", article(s.kind), s.kind, s.id)
 			}
-			return deskrun.Errorf(deskrun.CodeConflict, "a %s with this %s already exists", s.kind, column)
+			return deskrun.Errorf(deskrun.CodeConflict, "%s %s with this %s already exists", article(s.kind), s.kind, column)
 		case sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
 			if s.ref != "" {
 				return deskrun.Errorf(deskrun.CodeNotFound, "%s not found", s.ref)
@@ -62,4 +62,13 @@ func interpretError(err error, s subject) error {
 		}
 	}
 	return fmt.Errorf("%s: %w", s.op, err)
+}
+
+// article is "an" before a kind that starts with a vowel ("an audit
+// event"), "a" otherwise.
+func article(kind string) string {
+	if kind != "" && strings.ContainsRune("aeiou", rune(kind[0])) {
+		return "an"
+	}
+	return "a"
 }

@@ -111,7 +111,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*DB, error) {
 		db.Close()
 		return nil, err
 	}
-	db.queries = queries{r: db.read, w: db.write}
+	db.queries = queries{r: db.read, w: db.write, owner: db}
 
 	// Connect the writer first: it switches the file to WAL, which a
 	// query_only reader cannot do.
@@ -190,6 +190,7 @@ func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) (err error) {
 		}
 	}()
 	t := &tx{queries: queries{r: sqlTx, w: sqlTx}, tx: sqlTx}
+	t.owner = t
 	if err := fn(t); err != nil {
 		done = true
 		if rbErr := sqlTx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
@@ -251,6 +252,18 @@ type execer interface {
 // reads see the transaction's own writes.
 type queries struct {
 	r, w execer
+	// owner is the DB or tx these queries belong to. A method that writes
+	// several rows runs them through atomic, so it is all or nothing on
+	// its own and joins the caller's transaction when there is one.
+	owner store.Tx
+}
+
+// atomic runs fn in owner.InTx: a transaction on a DB, a savepoint in a
+// tx. fn gets the queries of that transaction and must use only them.
+func (q *queries) atomic(ctx context.Context, fn func(q *queries) error) error {
+	return q.owner.InTx(ctx, func(t store.Tx) error {
+		return fn(&t.(*tx).queries) // both InTx give fn a *tx
+	})
 }
 
 // nanos and fromNanos convert times to the stored form: unix nanoseconds,

@@ -65,7 +65,7 @@ func TestOpenDoesNotMigrate(t *testing.T) {
 
 	applied, err := db.Migrate(ctx)
 	require.NoError(t, err)
-	require.Equal(t, []int{1}, applied)
+	require.Equal(t, []int{1, 2}, applied)
 	applied, err = db.Migrate(ctx)
 	require.NoError(t, err)
 	require.Empty(t, applied, "migrations are idempotent")
@@ -346,4 +346,52 @@ func BenchmarkReadWhileWriting(b *testing.B) {
 			wg.Wait()
 		})
 	}
+}
+
+// TestConnectionWritesAreAtomic makes the second half of a connection
+// write (its credentials) fail, which the conformance suite cannot do
+// through the interface, and checks that the first half is undone too, on
+// its own and inside a caller's transaction.
+func TestConnectionWritesAreAtomic(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db := openTemp(t)
+	_, err := db.write.ExecContext(ctx, `CREATE TRIGGER refuse_bad BEFORE INSERT ON connection_credentials
+		WHEN NEW.machine_id = 'm_bad' BEGIN SELECT RAISE(ABORT, 'refused by test'); END`)
+	require.NoError(t, err)
+	creds := func(machines ...string) []deskrun.SealedCredential {
+		var cs []deskrun.SealedCredential
+		for _, m := range machines {
+			cs = append(cs, deskrun.SealedCredential{MachineID: m, KeyID: "sk", Ciphertext: []byte("sealed for " + m)})
+		}
+		return cs
+	}
+	missing := func(s store.Tx, id string) {
+		t.Helper()
+		_, err := s.GetConnection(ctx, id)
+		require.True(t, deskrun.IsCode(err, deskrun.CodeNotFound), "got %v", err)
+	}
+
+	bad := &deskrun.Connection{ID: "c_bad", Name: "bad", Credentials: creds("m_a", "m_bad")}
+	require.ErrorContains(t, db.CreateConnection(ctx, bad), "refused by test")
+	missing(db, "c_bad")
+
+	good := &deskrun.Connection{ID: "c_good", Name: "good", Username: "u1", Credentials: creds("m_a")}
+	require.NoError(t, db.CreateConnection(ctx, good))
+	edit := *good
+	edit.Username, edit.Credentials = "u2", creds("m_b", "m_bad")
+	require.ErrorContains(t, db.UpdateConnection(ctx, &edit), "refused by test")
+	got, err := db.GetConnection(ctx, good.ID)
+	require.NoError(t, err)
+	require.Equal(t, good, got, "a failed update leaves the row and the old credentials")
+
+	// Inside a transaction the failed create undoes only itself.
+	require.NoError(t, db.InTx(ctx, func(tx store.Tx) error {
+		require.Error(t, tx.CreateConnection(ctx, bad))
+		missing(tx, "c_bad")
+		return tx.CreateConnection(ctx, &deskrun.Connection{ID: "c_next", Name: "next", Credentials: creds("m_a")})
+	}))
+	missing(db, "c_bad")
+	_, err = db.GetConnection(ctx, "c_next")
+	require.NoError(t, err)
 }

@@ -30,6 +30,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Tokens", tokenTests},
 		{"Jobs", jobTests},
 		{"InTx", txTests},
+		{"Connections", connectionTests},
+		{"Audit", auditTests},
+		{"ConnectionsInTx", connectionTxTests},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
