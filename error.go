@@ -38,6 +38,11 @@ const (
 	CodeAgentLost      = "AgentLost"
 	CodeJobCancelled   = "Cancelled"
 
+	// Connections.
+	CodeConnectionBroken        = "ConnectionBroken"
+	CodeSealedCredentialInvalid = "SealedCredentialInvalid"
+	CodeConnectionTestTimeout   = "ConnectionTestTimeout"
+
 	// Identity: every logon failure carries this code and a specific Reason.
 	CodeWindowsIdentityIncorrect = "WindowsIdentityIncorrect"
 )

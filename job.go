@@ -33,6 +33,9 @@ func (s JobState) Terminal() bool {
 const (
 	JobNoop  = "noop"
 	JobSleep = "sleep" // waits for payload {"ms": N}; tests durability
+	// JobValidate logs a connection's user on with its sealed credential
+	// (wire.ValidatePayload): the test logon of a connection.
+	JobValidate = "validate"
 )
 
 // Job is a unit of work for one machine's agent.

@@ -19,7 +19,9 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/identity"
 	"github.com/deskrun/deskrun/internal/pki"
+	"github.com/deskrun/deskrun/internal/seal"
 	"github.com/deskrun/deskrun/internal/wire"
 )
 
@@ -40,8 +42,13 @@ type Agent struct {
 	ProtocolVersion int
 	// OnConnected is called after each successful handshake (tests, dev).
 	OnConnected func()
+	// Logon logs users on for "validate" jobs (and, later, runs): the PAM
+	// provider on Linux. Nil: such jobs fail with LogonProviderUnavailable.
+	Logon identity.Provider
 
-	id *Identity
+	id         *Identity
+	sealPublic []byte
+	guard      credentialGuard
 
 	mu      sync.Mutex
 	conn    *websocket.Conn
@@ -88,8 +95,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.id = id
+	if a.sealPublic, err = seal.PublicKeyOf(id.SealKey); err != nil {
+		return err
+	}
 	if a.Executors == nil {
 		a.Executors = DefaultExecutors()
+	}
+	if _, ok := a.Executors[deskrun.JobValidate]; !ok {
+		a.Executors[deskrun.JobValidate] = a.validate
 	}
 	if a.MinBackoff == 0 {
 		a.MinBackoff = 200 * time.Millisecond
@@ -163,10 +176,7 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 	if f.Type != wire.FrameChallenge || f.Challenge == nil {
 		return false, fmt.Errorf("expected a challenge, got %q", f.Type)
 	}
-	pv := a.ProtocolVersion
-	if pv == 0 {
-		pv = wire.ProtocolVersion
-	}
+	pv := a.protocol()
 	info := a.Info
 	info.ProtocolVersion = pv
 	hello := &wire.Hello{

@@ -73,6 +73,7 @@ func (a *API) route(pattern string, role deskrun.Role, h func(w http.ResponseWri
 				a.Error(w, r, err)
 				return
 			}
+			r = r.WithContext(context.WithValue(r.Context(), actorKey{}, control.Actor{ID: "token:" + tok.ID, Role: tok.Role}))
 		}
 		if err := h(w, r); err != nil {
 			a.Error(w, r, err)
@@ -92,6 +93,14 @@ func (a *API) routes() {
 	a.route("POST /api/v1/tokens", deskrun.RoleAdmin, a.createToken)
 	a.route("GET /api/v1/tokens", deskrun.RoleAdmin, a.listTokens)
 	a.route("DELETE /api/v1/tokens/{token}", deskrun.RoleAdmin, a.revokeToken)
+
+	a.route("POST /api/v1/connections", deskrun.RoleMaker, a.createConnection)
+	a.route("GET /api/v1/connections", deskrun.RoleViewer, a.listConnections)
+	a.route("GET /api/v1/connections/{connection}", deskrun.RoleViewer, a.getConnection)
+	a.route("PATCH /api/v1/connections/{connection}", deskrun.RoleMaker, a.updateConnection)
+	a.route("DELETE /api/v1/connections/{connection}", deskrun.RoleMaker, a.deleteConnection)
+	a.route("POST /api/v1/connections/{connection}/test", deskrun.RoleMaker, a.testConnection)
+	a.route("GET /api/v1/audit", deskrun.RoleAdmin, a.listAudit)
 
 	a.route("POST /api/v1/jobs", deskrun.RoleMaker, a.createJob)
 	a.route("GET /api/v1/jobs", deskrun.RoleViewer, a.listJobs)
@@ -157,6 +166,14 @@ func (a *API) unmatched(w http.ResponseWriter, r *http.Request) {
 
 type ridKey struct{}
 
+type actorKey struct{}
+
+// actor returns who made an authenticated request.
+func actor(r *http.Request) control.Actor {
+	a, _ := r.Context().Value(actorKey{}).(control.Actor)
+	return a
+}
+
 // RequestID returns the request id of ctx.
 func RequestID(ctx context.Context) string {
 	s, _ := ctx.Value(ridKey{}).(string)
@@ -200,8 +217,12 @@ func StatusOf(code string) int {
 		return http.StatusNotFound
 	case deskrun.CodeMethodNotAllowed:
 		return http.StatusMethodNotAllowed
-	case deskrun.CodeConflict, deskrun.CodeMachineNameTaken, deskrun.CodeMachineOffline:
+	case deskrun.CodeConflict, deskrun.CodeMachineNameTaken, deskrun.CodeMachineOffline, deskrun.CodeConnectionBroken:
 		return http.StatusConflict
+	case deskrun.CodeSealedCredentialInvalid:
+		return http.StatusUnprocessableEntity
+	case deskrun.CodeConnectionTestTimeout:
+		return http.StatusGatewayTimeout
 	case deskrun.CodeBodyTooLarge:
 		return http.StatusRequestEntityTooLarge
 	case deskrun.CodeWindowsIdentityIncorrect:

@@ -18,6 +18,7 @@ import (
 
 	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/dispatch"
+	"github.com/deskrun/deskrun/internal/notify"
 	"github.com/deskrun/deskrun/internal/seal"
 	"github.com/deskrun/deskrun/internal/store"
 	"github.com/deskrun/deskrun/internal/wire"
@@ -32,6 +33,12 @@ type Service struct {
 	// ServerURL and CAFingerprint go into enrollment tokens.
 	ServerURL     string
 	CAFingerprint string
+	ServerVersion string
+	// Conn is the connection policy; Notify sends webhooks (may be nil).
+	Conn   ConnectionPolicy
+	Notify *notify.Notifier
+
+	connLocks keyedMutex
 }
 
 func (s *Service) now() time.Time { return s.Now() }

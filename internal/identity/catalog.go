@@ -57,6 +57,7 @@ const (
 	ReasonLogonTypeNotGranted   = "LogonTypeNotGranted"
 	ReasonInvalidLogonHours     = "InvalidLogonHours"
 	ReasonAccountRestriction    = "AccountRestriction"
+	ReasonInvalidWorkstation    = "InvalidWorkstation"
 	ReasonNoLogonServers        = "NoLogonServers"
 	ReasonSmartCardRequired     = "SmartCardRequired"
 	ReasonUpnFormatInvalid      = "UpnFormatInvalid"
@@ -74,6 +75,9 @@ const (
 	ReasonAgentNotPrivileged  = "AgentNotPrivileged"
 	ReasonProviderUnavailable = "LogonProviderUnavailable"
 	ReasonDoctorFailed        = "DoctorFailed"
+
+	// The agent's directory (LDAP) settings.
+	ReasonDirectoryConfigInvalid = "DirectoryConfigInvalid"
 )
 
 // Catalog returns every entry, in table order (identity first). The slice

@@ -133,7 +133,7 @@ var catalog = []Entry{
 		Windows:    "Check the account's policies (logon workstations, blank-password restriction) with `net user USER` and the LsaLogonUser sub-status in event 4625.",
 	},
 	{
-		Reason: "InvalidWorkstation", Code: wii, Category: "identity",
+		Reason: ReasonInvalidWorkstation, Code: wii, Category: "identity",
 		Symbol: "STATUS_INVALID_WORKSTATION", Status: 0xC0000070, Win32: 1329, ADData: "531",
 		Message:    "The account may not log on from this machine.",
 		Resolution: "Allow this machine for the account: for SSSD check `ad_gpo_access_control` and the host list in the directory; for pam_access add `+:USER:ALL`.",
@@ -390,7 +390,7 @@ var catalog = []Entry{
 	{
 		Reason: ReasonLockoutImminent, Code: ReasonLockoutImminent, Category: "warning",
 		Message:    "One more failed logon would lock the account, so deskrun did not try.",
-		Resolution: "Update the connection's password and test it (deskrun connection test NAME), or reset the failure count: `faillock --user USER --reset`.",
+		Resolution: "Update the connection's password and test it (deskrun connection test NAME), or reset the failure count: `faillock --user USER --reset`. For a directory account the count is the account's badPwdCount against the domain's lockout threshold: a successful logon resets it, it is forgotten after the lockout observation window, or an administrator clears it (`samba-tool user unlock USER`, Unlock-ADAccount USER).",
 		Windows:    "Reset badPwdCount by a successful logon, or wait for the lockout observation window.",
 	},
 
@@ -418,6 +418,12 @@ var catalog = []Entry{
 		Reason: ReasonProviderUnavailable, Code: ReasonProviderUnavailable, Category: "agent",
 		Message:    "This deskrun binary has no logon provider for this platform (PAM needs Linux and a cgo build).",
 		Resolution: "Install the official Linux package of deskrun, or build with CGO_ENABLED=1 and libpam0g-dev.",
+	},
+	{
+		Reason: ReasonDirectoryConfigInvalid, Code: ReasonDirectoryConfigInvalid, Category: "agent",
+		Message:    "The agent's directory settings do not work, so the credentials were not judged: the directory's TLS certificate is not trusted, the server refuses binds without encryption, or it wants a DN the agent cannot find.",
+		Resolution: "Check the directory section of agent.yaml: `url` (ldaps://DC or ldap:// with `start_tls: true`), `ca_file` (the CA that signed the DC's certificate; its names must include `server_name` or the URL's host), `base_dn`, and for directories that bind DNs only (OpenLDAP) a `service_dn` that may search users. Test with `LDAPTLS_CACERT=CA ldapwhoami -H URL -ZZ -x -D USER -W`.",
+		Windows:    "Check the DC's LDAPS certificate (certutil -verify) and that the agent trusts its issuer.",
 	},
 	{
 		Reason: ReasonDoctorFailed, Code: ReasonDoctorFailed, Category: "agent",
@@ -747,7 +753,17 @@ var catalog = []Entry{
 	{
 		Reason: "ConnectionBroken", Code: "ConnectionBroken", Category: "run",
 		Message:    "The connection's credentials failed definitively before, so deskrun does not use them until they are updated.",
-		Resolution: "Fix the cause shown in the connection's last error, then `deskrun connection update NAME --password-stdin` (or `deskrun connection test NAME`).",
+		Resolution: "Fix the cause shown in the connection's last error, then give the connection its new password (`deskrun connection update NAME --password-stdin`), or, if the account was fixed on the machine and the password is still right, re-test it as an admin (`deskrun connection test NAME --force`).",
+	},
+	{
+		Reason: deskrun.CodeSealedCredentialInvalid, Code: deskrun.CodeSealedCredentialInvalid, Category: "run", HTTP: 400,
+		Message:    "The sealed credential does not open with the target machine's key: it was altered, sealed to another machine or key, or bound to another connection.",
+		Resolution: "Set the password again so it is sealed to the machine's current key: `deskrun connection update NAME --password-stdin`. If the machine was re-enrolled, its key changed.",
+	},
+	{
+		Reason: deskrun.CodeConnectionTestTimeout, Code: deskrun.CodeConnectionTestTimeout, Category: "run", HTTP: 504, Retryable: true,
+		Message:    "The target machine's agent did not answer the test logon in time.",
+		Resolution: "Check the agent on the machine (`deskrun machine show NAME`, its logs), then try again, or save the connection untested with --skip-test.",
 	},
 	{
 		Reason: "ExpiredDesktopFlowConnection", Code: "ExpiredDesktopFlowConnection", Category: "run",

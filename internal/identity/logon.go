@@ -64,9 +64,16 @@ func CheckPassword(pw []byte) error {
 		return e
 	}
 	for _, c := range pw {
-		if c == 0 {
+		switch c {
+		case 0:
 			e := Fail(ReasonPasswordFormatInvalid, nil)
 			e.Message = "The password contains a NUL byte, which no logon service can receive; no logon was attempted."
+			return e
+		case '\n', '\r':
+			// A logon prompt ends the password at the line break, so such a
+			// password can never have been typed at one.
+			e := Fail(ReasonPasswordFormatInvalid, nil)
+			e.Message = "The password contains a line break, which no logon prompt can receive; no logon was attempted."
 			return e
 		}
 	}

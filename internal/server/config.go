@@ -48,6 +48,20 @@ type Config struct {
 	LogLevel string `yaml:"log_level"`
 	// SQLiteSync is FULL (default, durable) or NORMAL.
 	SQLiteSync string `yaml:"sqlite_sync"`
+
+	// ConnectionTestTimeout bounds a test logon on a machine.
+	ConnectionTestTimeout time.Duration `yaml:"connection_test_timeout"`
+	// ExpiryWarnDays: a password expiring within this many days makes its
+	// connection "expiring" and sends a notification.
+	ExpiryWarnDays int `yaml:"expiry_warn_days"`
+	// RetestInterval re-tests connections not tested for this long (0:
+	// never); broken ones only with RetestBroken.
+	RetestInterval time.Duration `yaml:"retest_interval"`
+	RetestBroken   bool          `yaml:"retest_broken"`
+	// NotifyURL receives connection.broken and connection.expiring events,
+	// signed with HMAC-SHA256 over NotifySecret (X-Deskrun-Signature).
+	NotifyURL    string `yaml:"notify_url"`
+	NotifySecret string `yaml:"notify_secret"`
 }
 
 // DefaultConfig returns the defaults.
@@ -60,6 +74,10 @@ func DefaultConfig() Config {
 		MaxBodyBytes:      1 << 20,
 		LogLevel:          "info",
 		SQLiteSync:        "FULL",
+
+		ConnectionTestTimeout: 60 * time.Second,
+		ExpiryWarnDays:        14,
+		RetestInterval:        24 * time.Hour,
 	}
 }
 
@@ -146,6 +164,20 @@ func (c *Config) Validate() error {
 	case "FULL", "NORMAL":
 	default:
 		bad("sqlite_sync %q: use FULL or NORMAL", c.SQLiteSync)
+	}
+	if c.ConnectionTestTimeout < time.Second {
+		bad("connection_test_timeout %s is too short (minimum 1s)", c.ConnectionTestTimeout)
+	}
+	if c.ExpiryWarnDays < 0 || c.RetestInterval < 0 {
+		bad("expiry_warn_days and retest_interval cannot be negative")
+	}
+	if c.NotifyURL != "" {
+		if u, err := url.Parse(c.NotifyURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			bad("notify_url %q must be an http(s) URL", c.NotifyURL)
+		}
+		if len(c.NotifySecret) < 16 {
+			bad("notify_secret must be set (at least 16 characters) when notify_url is")
+		}
 	}
 	if len(errs) > 0 {
 		return &deskrun.Error{Code: deskrun.CodeInvalid, Message: "invalid server configuration: " + errors.Join(errs...).Error()}

@@ -24,6 +24,7 @@ import (
 	"github.com/deskrun/deskrun/internal/api"
 	"github.com/deskrun/deskrun/internal/control"
 	"github.com/deskrun/deskrun/internal/dispatch"
+	"github.com/deskrun/deskrun/internal/notify"
 	"github.com/deskrun/deskrun/internal/pki"
 	"github.com/deskrun/deskrun/internal/store"
 	"github.com/deskrun/deskrun/internal/store/sqlite"
@@ -51,6 +52,7 @@ type Server struct {
 	// AdminToken is set when this start created the bootstrap token.
 	AdminToken string
 
+	retest   *time.Timer
 	http     *http.Server
 	ln       net.Listener
 	done     chan struct{}
@@ -114,7 +116,12 @@ func (s *Server) Start(ctx context.Context) error {
 		db.Close()
 		return err
 	}
-	s.Control = &control.Service{Store: db, Hub: s.Hub, Log: s.Log, Now: s.Now, ServerURL: cfg.URL, CAFingerprint: s.TLS.Fingerprint}
+	policy := control.DefaultConnectionPolicy()
+	policy.TestTimeout, policy.ExpiryWarnDays = cfg.ConnectionTestTimeout, cfg.ExpiryWarnDays
+	policy.RetestInterval, policy.RetestBroken = cfg.RetestInterval, cfg.RetestBroken
+	s.Control = &control.Service{Store: db, Hub: s.Hub, Log: s.Log, Now: s.Now, ServerURL: cfg.URL, CAFingerprint: s.TLS.Fingerprint,
+		ServerVersion: s.Version, Conn: policy,
+		Notify: &notify.Notifier{URL: cfg.NotifyURL, Secret: []byte(cfg.NotifySecret), Log: s.Log}}
 	if err := s.bootstrap(ctx); err != nil {
 		s.Hub.Stop()
 		db.Close()
@@ -161,6 +168,9 @@ func (s *Server) Start(ctx context.Context) error {
 			s.Log.Error("serve", "err", err)
 		}
 	}()
+	if cfg.RetestInterval > 0 {
+		s.retest = time.AfterFunc(min(cfg.RetestInterval, time.Hour), s.retestLoop)
+	}
 	s.Log.Info("server started", "addr", s.Addr, "url", cfg.URL, "store", cfg.Store, "ca_fingerprint", s.TLS.Fingerprint)
 	return nil
 }
@@ -188,9 +198,24 @@ func (s *Server) bootstrap(ctx context.Context) error {
 	return nil
 }
 
+// retestLoop re-tests connections that are due, then re-arms itself.
+func (s *Server) retestLoop() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	if n, err := s.Control.RetestDue(ctx); err != nil {
+		s.Log.Error("periodic re-test", "err", err)
+	} else if n > 0 {
+		s.Log.Info("periodic re-test", "connections", n)
+	}
+	s.retest.Reset(min(s.Config.RetestInterval, time.Hour))
+}
+
 // Stop stops serving and closes the store. It is safe to call twice.
 func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
+		if s.retest != nil {
+			s.retest.Stop()
+		}
 		if s.Hub != nil {
 			s.Hub.Stop()
 		}

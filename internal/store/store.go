@@ -76,6 +76,25 @@ type Tx interface {
 	// TouchToken sets a token's LastUsed.
 	TouchToken(ctx context.Context, id string, at time.Time) error
 
+	// Connections. Create and Update write the connection and its sealed
+	// credentials together; Update replaces the credentials when the slice
+	// is not nil.
+	CreateConnection(ctx context.Context, c *deskrun.Connection) error
+	GetConnection(ctx context.Context, id string) (*deskrun.Connection, error)
+	GetConnectionByName(ctx context.Context, name string) (*deskrun.Connection, error)
+	ListConnections(ctx context.Context) ([]*deskrun.Connection, error)
+	UpdateConnection(ctx context.Context, c *deskrun.Connection) error
+	// SetConnectionHealth records the outcome of a logon with the
+	// connection: State, Reason, LastError, StateChangedAt, LastTestedAt,
+	// ExpiresInDays and ExpiryCheckedAt of c are written, nothing else.
+	SetConnectionHealth(ctx context.Context, c *deskrun.Connection) error
+	DeleteConnection(ctx context.Context, id string) error
+
+	// Audit log, append only.
+	AppendAudit(ctx context.Context, e *deskrun.AuditEvent) error
+	// ListAudit returns events newest first.
+	ListAudit(ctx context.Context, f AuditFilter) ([]*deskrun.AuditEvent, error)
+
 	// Jobs.
 	CreateJob(ctx context.Context, j *deskrun.Job) error
 	GetJob(ctx context.Context, id string) (*deskrun.Job, error)
@@ -109,4 +128,11 @@ type JobFilter struct {
 	MachineID string
 	States    []deskrun.JobState
 	Limit     int
+}
+
+// AuditFilter selects audit events; empty fields do not filter.
+type AuditFilter struct {
+	ConnectionID string
+	Action       string
+	Limit        int // 0: DefaultJobLimit
 }

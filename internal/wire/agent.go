@@ -13,7 +13,14 @@ import (
 //
 //	1: challenge/hello with Ed25519, heartbeats, jobs (push, ack, progress,
 //	   result, result ack), held jobs reported on reconnect.
-const ProtocolVersion = 1
+//	2: "validate" jobs (test a connection's credential on the machine);
+//	   identity failures carry their reason, NTSTATUS and provider result.
+//	   An agent at 1 reports only the generic WindowsIdentityIncorrect.
+const ProtocolVersion = 2
+
+// ReasonsProtocolVersion is the first protocol whose identity failures
+// carry a specific reason.
+const ReasonsProtocolVersion = 2
 
 // MinProtocolVersion is the oldest agent protocol the server accepts; an
 // older agent is refused with AgentProtocolTooOld.

@@ -29,6 +29,7 @@ type Machine struct {
 	Domain          string    `json:"domain,omitempty"`
 	Slots           int       `json:"slots"`
 	SealKeyID       string    `json:"seal_key_id"`
+	SealKey         []byte    `json:"seal_key"` // HPKE public key, for clients that seal credentials
 	State           string    `json:"state"`
 	LastSeen        time.Time `json:"last_seen,omitzero"`
 	OfflineReason   string    `json:"offline_reason,omitempty"`
@@ -40,7 +41,7 @@ func MachineFrom(m *deskrun.Machine) Machine {
 	return Machine{
 		ID: m.ID, Name: m.Name, OS: m.OS, Arch: m.Arch, Kernel: m.Kernel,
 		AgentVersion: m.AgentVersion, ProtocolVersion: m.ProtocolVersion,
-		JoinState: string(m.JoinState), Domain: m.Domain, Slots: m.Slots, SealKeyID: m.SealKeyID,
+		JoinState: string(m.JoinState), Domain: m.Domain, Slots: m.Slots, SealKeyID: m.SealKeyID, SealKey: m.SealKey,
 		State: string(m.State), LastSeen: m.LastSeen, OfflineReason: m.OfflineReason, CreatedAt: m.CreatedAt,
 	}
 }

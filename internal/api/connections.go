@@ -1,0 +1,120 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+
+	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/store"
+	"github.com/deskrun/deskrun/internal/wire"
+)
+
+// connectionOut converts a connection, naming its machine.
+func (a *API) connectionOut(ctx context.Context, c *deskrun.Connection) wire.Connection {
+	name := ""
+	if m, err := a.svc.Store.GetMachine(ctx, c.Target); err == nil {
+		name = m.Name
+	}
+	return wire.ConnectionFrom(c, name)
+}
+
+func (a *API) createConnection(w http.ResponseWriter, r *http.Request) error {
+	var req wire.ConnectionCreate
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	c, out, err := a.svc.CreateConnection(r.Context(), actor(r), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, wire.ConnectionTestResult{Connection: a.connectionOut(r.Context(), c), Logon: out})
+	return nil
+}
+
+func (a *API) listConnections(w http.ResponseWriter, r *http.Request) error {
+	cs, err := a.svc.Connections(r.Context())
+	if err != nil {
+		return err
+	}
+	out := wire.ConnectionList{Connections: make([]wire.Connection, 0, len(cs))}
+	for _, c := range cs {
+		out.Connections = append(out.Connections, a.connectionOut(r.Context(), c))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *API) getConnection(w http.ResponseWriter, r *http.Request) error {
+	c, err := a.svc.Connection(r.Context(), r.PathValue("connection"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, a.connectionOut(r.Context(), c))
+	return nil
+}
+
+func (a *API) updateConnection(w http.ResponseWriter, r *http.Request) error {
+	var req wire.ConnectionUpdate
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	c, out, err := a.svc.UpdateConnection(r.Context(), actor(r), r.PathValue("connection"), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, wire.ConnectionTestResult{Connection: a.connectionOut(r.Context(), c), Logon: out})
+	return nil
+}
+
+func (a *API) deleteConnection(w http.ResponseWriter, r *http.Request) error {
+	if err := a.svc.DeleteConnection(r.Context(), actor(r), r.PathValue("connection")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) testConnection(w http.ResponseWriter, r *http.Request) error {
+	var req wire.ConnectionTest
+	if r.ContentLength != 0 {
+		if err := decode(r, &req); err != nil {
+			return err
+		}
+	}
+	c, out, err := a.svc.TestConnection(r.Context(), actor(r), r.PathValue("connection"), req.Force)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, wire.ConnectionTestResult{Connection: a.connectionOut(r.Context(), c), Logon: out})
+	return nil
+}
+
+func (a *API) listAudit(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := store.AuditFilter{Action: q.Get("action"), Limit: 100}
+	if c := q.Get("connection"); c != "" {
+		conn, err := a.svc.Connection(r.Context(), c)
+		if err != nil {
+			return err
+		}
+		f.ConnectionID = conn.ID
+	}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1000 {
+			return &deskrun.Error{Code: deskrun.CodeInvalid, Field: "limit", Message: "limit must be between 1 and 1000"}
+		}
+		f.Limit = n
+	}
+	es, err := a.svc.Audit(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	out := wire.AuditList{Events: make([]wire.AuditEvent, 0, len(es))}
+	for _, e := range es {
+		out.Events = append(out.Events, wire.AuditFrom(e))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
