@@ -110,6 +110,7 @@ Start here:  deskrun dev`,
 	}
 	for _, c := range []*cobra.Command{
 		newVersionCmd(a),
+		newBenchCmd(a),
 		newExplainCmd(a),
 		newDiagnoseCmd(a),
 		newDoctorCmd(a),

@@ -1,0 +1,655 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/client"
+	"github.com/deskrun/deskrun/internal/pki"
+	"github.com/deskrun/deskrun/internal/seal"
+	"github.com/deskrun/deskrun/internal/server"
+	"github.com/deskrun/deskrun/internal/wire"
+)
+
+// AgentsOptions configure the idle-agents scenario.
+type AgentsOptions struct {
+	// N simulated agents are enrolled and connected.
+	N int
+	// Heartbeat is the server's heartbeat interval (the agents follow it).
+	Heartbeat time.Duration
+	// CPUWindow is how long server CPU time is sampled with N agents
+	// heartbeating.
+	CPUWindow time.Duration
+	// Settle bounds the wait for the server's RSS to stop moving before
+	// each memory reading.
+	Settle time.Duration
+	// Command starts deskrun: the scenario appends "server" and its flags.
+	// Usually the path of the deskrun binary.
+	Command []string
+	// Env is added to the server's environment.
+	Env []string
+	// Data is the server's data directory; empty means a fresh temporary
+	// one, removed afterwards.
+	Data string
+	// Progress, if set, receives one line per phase.
+	Progress io.Writer
+}
+
+// MemStats are the server's Go runtime figures, scraped from /metrics.
+type MemStats struct {
+	HeapInuse  int64 `json:"heap_inuse_bytes"`
+	StackInuse int64 `json:"stack_inuse_bytes"`
+	Sys        int64 `json:"sys_bytes"`
+	Goroutines int64 `json:"goroutines"`
+}
+
+// AgentsResult is what the idle-agents scenario measured.
+type AgentsResult struct {
+	N         int           `json:"agents"`
+	Connected int           `json:"connected"` // deskrun_agents_connected at the end
+	Heartbeat time.Duration `json:"heartbeat_interval_ns"`
+	Enroll    time.Duration `json:"enroll_ns"`
+	Connect   time.Duration `json:"connect_ns"`
+
+	Before      Mem      `json:"before"` // enrolled, none connected, settled
+	After       Mem      `json:"after"`  // all connected and idle, settled
+	MemBefore   MemStats `json:"memstats_before"`
+	MemAfter    MemStats `json:"memstats_after"`
+	PerAgentRSS int64    `json:"per_agent_rss_bytes"`
+	PerAgentPSS int64    `json:"per_agent_pss_bytes"`
+	// Go heap and goroutine stacks per agent: the part of RSS that is ours.
+	PerAgentHeap  int64 `json:"per_agent_heap_inuse_bytes"`
+	PerAgentStack int64 `json:"per_agent_stack_inuse_bytes"`
+
+	IdleCPUPercent float64       `json:"idle_cpu_percent"` // no agent connected
+	CPUWindow      time.Duration `json:"cpu_window_ns"`
+	CPU            time.Duration `json:"cpu_ns"` // server utime+stime in the window
+	Heartbeats     int64         `json:"heartbeats"`
+	CPUPercent     float64       `json:"cpu_percent"` // of one core
+	// CPUPercentPer1000At10s scales CPUPercent linearly to 1,000 agents
+	// heartbeating every 10 s (the default interval).
+	CPUPercentPer1000At10s float64       `json:"cpu_percent_per_1000_agents_at_10s"`
+	CPUPerHeartbeat        time.Duration `json:"cpu_per_heartbeat_ns"`
+}
+
+// Agents starts a deskrun server as its own process (so its memory is its
+// own), enrolls o.N simulated agents through the enrollment endpoint,
+// connects them over real TLS WebSockets with the real challenge/hello
+// handshake, lets them idle with heartbeats, and measures the server.
+func Agents(ctx context.Context, o AgentsOptions) (_ *AgentsResult, err error) {
+	if o.N <= 0 || o.N > 10000 {
+		return nil, errors.New("agents: N must be between 1 and 10000 (one enrollment token's uses)")
+	}
+	if len(o.Command) == 0 {
+		return nil, errors.New("agents: no command to start the server with")
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = time.Second
+	}
+	if o.CPUWindow <= 0 {
+		o.CPUWindow = 10 * time.Second
+	}
+	if o.Settle <= 0 {
+		o.Settle = 30 * time.Second
+	}
+	progress := func(format string, a ...any) {
+		if o.Progress != nil {
+			fmt.Fprintf(o.Progress, format+"\n", a...)
+		}
+	}
+	if _, err := RaiseFileLimit(); err != nil {
+		return nil, fmt.Errorf("raise file limit: %w", err)
+	}
+
+	srv, err := startServerProcess(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if serr := srv.stop(); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	progress("server pid %d on %s", srv.cmd.Process.Pid, srv.url)
+
+	res := &AgentsResult{N: o.N, Heartbeat: o.Heartbeat, CPUWindow: o.CPUWindow}
+	api, err := client.New(srv.url, srv.adminToken, srv.caPEM)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := api.CreateToken(ctx, wire.TokenCreate{Kind: string(deskrun.TokenEnrollment), Name: "bench agents", Uses: o.N, TTL: "1h"})
+	if err != nil {
+		return nil, fmt.Errorf("create enrollment token: %w", err)
+	}
+	et, err := wire.ParseEnrollmentToken(tok.Secret)
+	if err != nil {
+		return nil, err
+	}
+
+	t0 := time.Now()
+	sims := make([]*simAgent, o.N)
+	err = parallel(ctx, o.N, 2*runtime.NumCPU(), func(ctx context.Context, i int) error {
+		a, err := enrollSim(ctx, srv.hc, srv.url, et, fmt.Sprintf("bench-%05d", i))
+		sims[i] = a
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("enroll: %w", err)
+	}
+	res.Enroll = time.Since(t0)
+	progress("enrolled %d agents in %s", o.N, res.Enroll.Round(time.Millisecond))
+
+	pid := srv.cmd.Process.Pid
+	cpu0, _ := ReadCPU(pid)
+	t0 = time.Now()
+	if res.Before, err = settle(ctx, pid, o.Settle); err != nil {
+		return nil, err
+	}
+	cpu1, _ := ReadCPU(pid)
+	res.IdleCPUPercent = 100 * float64(cpu1-cpu0) / float64(time.Since(t0))
+	if res.MemBefore, err = srv.memStats(ctx); err != nil {
+		return nil, err
+	}
+	progress("before: RSS %s, PSS %s", kb(res.Before.RSS), kb(res.Before.PSS))
+
+	// Connect. Each agent runs until actx ends.
+	actx, stopAgents := context.WithCancel(context.WithoutCancel(ctx))
+	var beats, beatErrs atomic.Int64
+	var wg sync.WaitGroup
+	defer func() {
+		stopAgents()
+		wg.Wait()
+	}()
+	t0 = time.Now()
+	err = parallel(ctx, o.N, 4*runtime.NumCPU(), func(ctx context.Context, i int) error {
+		ws, hb, err := sims[i].connect(ctx, srv.hc, srv.url)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sims[i].idle(actx, ws, hb, &beats, &beatErrs)
+		}()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	if err := srv.waitConnected(ctx, o.N, 30*time.Second); err != nil {
+		return nil, err
+	}
+	res.Connect = time.Since(t0)
+	progress("connected %d agents in %s", o.N, res.Connect.Round(time.Millisecond))
+
+	if res.After, err = settle(ctx, pid, o.Settle); err != nil {
+		return nil, err
+	}
+	if res.MemAfter, err = srv.memStats(ctx); err != nil {
+		return nil, err
+	}
+	n := int64(o.N)
+	res.PerAgentRSS = (res.After.RSS - res.Before.RSS) / n
+	res.PerAgentPSS = (res.After.PSS - res.Before.PSS) / n
+	res.PerAgentHeap = (res.MemAfter.HeapInuse - res.MemBefore.HeapInuse) / n
+	res.PerAgentStack = (res.MemAfter.StackInuse - res.MemBefore.StackInuse) / n
+	progress("after: RSS %s, PSS %s; per agent RSS %d B, PSS %d B, heap %d B, stacks %d B",
+		kb(res.After.RSS), kb(res.After.PSS), res.PerAgentRSS, res.PerAgentPSS, res.PerAgentHeap, res.PerAgentStack)
+
+	// Heartbeat CPU: the server's CPU time over a fixed window.
+	b0, c0 := beats.Load(), mustCPU(pid)
+	t0 = time.Now()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(o.CPUWindow): // the measurement window, not a wait for an event
+	}
+	c1, elapsed := mustCPU(pid), time.Since(t0)
+	res.Heartbeats, res.CPU = beats.Load()-b0, c1-c0
+	res.CPUPercent = 100 * float64(res.CPU) / float64(elapsed)
+	res.CPUPercentPer1000At10s = res.CPUPercent * 1000 / float64(o.N) * float64(o.Heartbeat) / float64(10*time.Second)
+	if res.Heartbeats > 0 {
+		res.CPUPerHeartbeat = res.CPU / time.Duration(res.Heartbeats)
+	}
+	if e := beatErrs.Load(); e > 0 {
+		return nil, fmt.Errorf("%d heartbeats failed", e)
+	}
+	if res.Connected, err = srv.metric(ctx, "deskrun_agents_connected"); err != nil {
+		return nil, err
+	}
+	progress("heartbeats: %d in %s, server CPU %s (%.2f%% of a core); %.3f%% per 1,000 agents at 10 s",
+		res.Heartbeats, elapsed.Round(time.Millisecond), res.CPU, res.CPUPercent, res.CPUPercentPer1000At10s)
+	return res, nil
+}
+
+func kb(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+func mustCPU(pid int) time.Duration {
+	d, _ := ReadCPU(pid)
+	return d
+}
+
+// settle reads pid's memory once a second until three readings in a row
+// agree within 1% (the heap has stopped moving), or limit passes.
+func settle(ctx context.Context, pid int, limit time.Duration) (Mem, error) {
+	deadline := time.Now().Add(limit)
+	var last []Mem
+	for {
+		m, err := ReadMem(pid)
+		if err != nil {
+			return m, err
+		}
+		last = append(last, m)
+		if len(last) > 3 {
+			last = last[1:]
+		}
+		if len(last) == 3 {
+			lo, hi := last[0].RSS, last[0].RSS
+			for _, x := range last[1:] {
+				lo, hi = min(lo, x.RSS), max(hi, x.RSS)
+			}
+			if hi-lo <= hi/100 {
+				return m, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return m, nil
+		}
+		select {
+		case <-ctx.Done():
+			return m, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// serverProcess is `deskrun server` running as a child process.
+type serverProcess struct {
+	cmd        *exec.Cmd
+	out        *tailBuffer
+	exited     chan struct{}
+	url        string
+	caPEM      []byte
+	adminToken string
+	hc         *http.Client
+	tmp        string
+}
+
+func startServerProcess(ctx context.Context, o AgentsOptions) (*serverProcess, error) {
+	p := &serverProcess{out: &tailBuffer{max: 16 << 10}, exited: make(chan struct{})}
+	data := o.Data
+	if data == "" {
+		var err error
+		if p.tmp, err = os.MkdirTemp("", "deskrun-bench-"); err != nil {
+			return nil, err
+		}
+		data = p.tmp
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	p.url = "https://" + addr
+	lease := max(60*time.Second, 3*o.Heartbeat)
+	args := append(append([]string{}, o.Command[1:]...), "server", "--data", data, "--listen", addr,
+		"--heartbeat-interval", o.Heartbeat.String(), "--agent-lease", lease.String(), "--log-level", "warn")
+	p.cmd = exec.Command(o.Command[0], args...)
+	p.cmd.Env = append(os.Environ(), o.Env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		p.removeTmp()
+		return nil, fmt.Errorf("start server: %w", err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		close(p.exited)
+	}()
+	if err := p.waitReady(ctx, data, 30*time.Second); err != nil {
+		_ = p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// waitReady polls until the server answers /readyz over TLS signed by the
+// CA in its data directory.
+func (p *serverProcess) waitReady(ctx context.Context, data string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		select {
+		case <-p.exited:
+			return fmt.Errorf("server exited at start (%v): %s", p.cmd.ProcessState, p.out.String())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("server not ready within %s: %s", limit, p.out.String())
+		}
+		if p.hc == nil {
+			ca, err := os.ReadFile(filepath.Join(data, "tls", "ca.crt"))
+			if err != nil {
+				continue
+			}
+			cfg, err := pki.PoolConfig(ca, "127.0.0.1")
+			if err != nil {
+				continue // partly written
+			}
+			p.caPEM = ca
+			p.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 64}}
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.url+"/readyz", nil)
+		resp, err := p.hc.Do(req)
+		if err != nil {
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			continue
+		}
+		tok, err := os.ReadFile(filepath.Join(data, server.BootstrapTokenFile))
+		if err != nil {
+			return fmt.Errorf("read admin token: %w", err)
+		}
+		p.adminToken = strings.TrimSpace(string(tok))
+		return nil
+	}
+}
+
+// stop asks the server to stop (SIGTERM) and kills it if it has not
+// within 10 s.
+func (p *serverProcess) stop() error {
+	defer p.removeTmp()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+		return nil
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		return errors.New("server did not stop within 10s of SIGTERM; killed")
+	}
+}
+
+func (p *serverProcess) removeTmp() {
+	if p.tmp != "" {
+		_ = os.RemoveAll(p.tmp)
+	}
+}
+
+// scrape returns the unlabelled samples of the server's /metrics.
+func (p *serverProcess) scrape(ctx context.Context) (map[string]float64, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.url+"/metrics", nil)
+	resp, err := p.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(sc.Text(), " ")
+		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
+			out[name] = v
+		}
+	}
+	return out, sc.Err()
+}
+
+func (p *serverProcess) metric(ctx context.Context, name string) (int, error) {
+	m, err := p.scrape(ctx)
+	if err != nil {
+		return 0, err
+	}
+	v, ok := m[name]
+	if !ok {
+		return 0, fmt.Errorf("metrics: no %s", name)
+	}
+	return int(v), nil
+}
+
+func (p *serverProcess) memStats(ctx context.Context) (MemStats, error) {
+	m, err := p.scrape(ctx)
+	if err != nil {
+		return MemStats{}, err
+	}
+	return MemStats{HeapInuse: int64(m["go_memstats_heap_inuse_bytes"]), StackInuse: int64(m["go_memstats_stack_inuse_bytes"]),
+		Sys: int64(m["go_memstats_sys_bytes"]), Goroutines: int64(m["go_goroutines"])}, nil
+}
+
+// waitConnected polls deskrun_agents_connected until it reaches n.
+func (p *serverProcess) waitConnected(ctx context.Context, n int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		got, err := p.metric(ctx, "deskrun_agents_connected")
+		if err != nil {
+			return err
+		}
+		if got == n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d agents connected after %s", got, n, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// parallel runs f(ctx, i) for i in [0, n) on at most limit goroutines and
+// returns the first error; the first error cancels the others' ctx.
+func parallel(ctx context.Context, n, limit int, f func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(limit, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := f(ctx, i); err != nil {
+					cancel(err)
+				}
+			}
+		}()
+	}
+feed:
+	for i := range n {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+// simAgent is an enrolled machine without the agent runtime: just its
+// signing key and the protocol's handshake and heartbeats.
+type simAgent struct {
+	name      string
+	machineID string
+	key       ed25519.PrivateKey
+}
+
+func enrollSim(ctx context.Context, hc *http.Client, base string, et wire.EnrollmentToken, name string) (*simAgent, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	sk, err := seal.GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	body, _ := json.Marshal(wire.EnrollRequest{TokenID: et.ID, Secret: et.Secret, Name: name, Info: simInfo(name),
+		SigningKey: pub, SealKey: sk.Public})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/v1/agent/enroll", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	rb, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusCreated {
+		return nil, fmt.Errorf("enroll %s: HTTP %d: %s", name, resp.StatusCode, rb)
+	}
+	var out wire.EnrollResponse
+	if err := json.Unmarshal(rb, &out); err != nil {
+		return nil, fmt.Errorf("enroll %s: %w", name, err)
+	}
+	return &simAgent{name: name, machineID: out.Machine.ID, key: priv}, nil
+}
+
+func simInfo(name string) wire.MachineInfo {
+	return wire.MachineInfo{Hostname: name, OS: runtime.GOOS, Arch: runtime.GOARCH, AgentVersion: "bench",
+		ProtocolVersion: wire.ProtocolVersion, JoinState: "standalone", Slots: 1}
+}
+
+// connect dials the agent endpoint and does the challenge/hello/welcome
+// handshake, as the real agent does.
+func (a *simAgent) connect(ctx context.Context, hc *http.Client, base string) (*websocket.Conn, time.Duration, error) {
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ws, resp, err := websocket.Dial(dctx, "wss"+strings.TrimPrefix(base, "https")+"/api/v1/agent/connect",
+		&websocket.DialOptions{HTTPClient: hc, CompressionMode: websocket.CompressionDisabled})
+	if resp != nil && resp.Body != nil {
+		resp.Body.Close()
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: dial: %w", a.name, err)
+	}
+	fail := func(err error) (*websocket.Conn, time.Duration, error) {
+		ws.CloseNow()
+		return nil, 0, fmt.Errorf("%s: %w", a.name, err)
+	}
+	f, err := readFrame(dctx, ws)
+	if err != nil {
+		return fail(err)
+	}
+	if f.Type != wire.FrameChallenge || f.Challenge == nil {
+		return fail(fmt.Errorf("expected a challenge, got %q", f.Type))
+	}
+	hello := &wire.Hello{MachineID: a.machineID, ProtocolVersion: wire.ProtocolVersion, Info: simInfo(a.name),
+		Signature: ed25519.Sign(a.key, wire.AuthMessage(a.machineID, f.Challenge.Nonce))}
+	if err := writeFrame(dctx, ws, &wire.Frame{Type: wire.FrameHello, Hello: hello}); err != nil {
+		return fail(err)
+	}
+	if f, err = readFrame(dctx, ws); err != nil {
+		return fail(err)
+	}
+	if f.Type != wire.FrameWelcome || f.Welcome == nil {
+		return fail(fmt.Errorf("expected welcome, got %q (%v)", f.Type, f.Error))
+	}
+	return ws, f.Welcome.HeartbeatEvery(), nil
+}
+
+// idle heartbeats every hb and discards what the server sends until ctx
+// ends.
+func (a *simAgent) idle(ctx context.Context, ws *websocket.Conn, hb time.Duration, beats, errs *atomic.Int64) {
+	defer ws.CloseNow()
+	go func() {
+		for {
+			if _, _, err := ws.Read(ctx); err != nil {
+				return
+			}
+		}
+	}()
+	t := time.NewTicker(hb)
+	defer t.Stop()
+	hbFrame, _ := json.Marshal(wire.Frame{Type: wire.FrameHeartbeat})
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := ws.Write(wctx, websocket.MessageText, hbFrame)
+			cancel()
+			if err != nil {
+				if ctx.Err() == nil {
+					errs.Add(1)
+				}
+				return
+			}
+			beats.Add(1)
+		}
+	}
+}
+
+func readFrame(ctx context.Context, ws *websocket.Conn) (*wire.Frame, error) {
+	_, b, err := ws.Read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var f wire.Frame
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("malformed frame: %w", err)
+	}
+	return &f, nil
+}
+
+func writeFrame(ctx context.Context, ws *websocket.Conn, f *wire.Frame) error {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	return ws.Write(ctx, websocket.MessageText, b)
+}
+
+// tailBuffer keeps the last max bytes written to it (the server's output,
+// for error messages).
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.b))
+}

@@ -1,0 +1,116 @@
+package bench_test
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/deskrun/deskrun/internal/bench"
+	"github.com/deskrun/deskrun/internal/cli"
+)
+
+// childEnv makes the test binary act as the deskrun binary, so the
+// idle-agents scenario can run `deskrun server` as its own process
+// without building it first.
+const childEnv = "DESKRUN_BENCH_AS_DESKRUN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := cli.Main(ctx, os.Args[1:], cli.Stdio())
+		stop()
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+func deskrunCommand(t testing.TB) ([]string, []string) {
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	return []string{exe}, []string{childEnv + "=1"}
+}
+
+func TestSummarize(t *testing.T) {
+	t.Parallel()
+	ds := make([]time.Duration, 0, 1000)
+	for i := 1000; i >= 1; i-- {
+		ds = append(ds, time.Duration(i)*time.Microsecond)
+	}
+	p := bench.Summarize(ds)
+	require.Equal(t, 1000, p.N)
+	require.Equal(t, 500*time.Microsecond, p.P50)
+	require.Equal(t, 990*time.Microsecond, p.P99)
+	require.Equal(t, 999*time.Microsecond, p.P999)
+	require.Equal(t, time.Microsecond, p.Min)
+	require.Equal(t, 1000*time.Microsecond, p.Max)
+	require.Equal(t, bench.Percentiles{}, bench.Summarize(nil))
+}
+
+// TestRoundTrip runs a few real round trips so the harness cannot rot.
+func TestRoundTrip(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := bench.RoundTrip(ctx, bench.RoundTripOptions{N: 20, Warmup: 2, Data: t.TempDir()})
+	require.NoError(t, err)
+	for _, p := range []bench.Percentiles{r.Client, r.Create, r.Server} {
+		require.Equal(t, 20, p.N)
+		require.Positive(t, p.Min)
+		require.LessOrEqual(t, p.P50, p.P99)
+		require.Less(t, p.Max, 10*time.Second)
+	}
+	// The POST and the server's part are inside what the client sees.
+	require.Less(t, r.Create.Min, r.Client.Max)
+	require.Less(t, r.Server.Min, r.Client.Max)
+}
+
+// TestAgents connects a few simulated agents to a server process.
+func TestAgents(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd, env := deskrunCommand(t)
+	r, err := bench.Agents(ctx, bench.AgentsOptions{N: 20, Heartbeat: 100 * time.Millisecond, CPUWindow: time.Second,
+		Settle: 3 * time.Second, Command: cmd, Env: env, Data: t.TempDir()})
+	require.NoError(t, err)
+	require.Equal(t, 20, r.Connected, "deskrun_agents_connected")
+	require.Positive(t, r.Before.RSS)
+	require.Positive(t, r.After.PSS)
+	// 20 agents × 10 beats/s × 1 s = 200; a loaded CI machine drops ticks.
+	require.Greater(t, r.Heartbeats, int64(50))
+	require.Greater(t, r.MemAfter.Goroutines, r.MemBefore.Goroutines)
+}
+
+// BenchmarkJobRoundTrip: POST a no-op job, GET it with ?wait= until it
+// succeeded, through a real agent over TLS WebSocket. ns/op is the mean;
+// the percentiles are reported as metrics.
+func BenchmarkJobRoundTrip(b *testing.B) {
+	ctx := context.Background()
+	env, err := bench.StartRoundTrip(ctx, bench.RoundTripOptions{Data: b.TempDir(), SQLiteSync: os.Getenv("DESKRUN_BENCH_SQLITE_SYNC")})
+	require.NoError(b, err)
+	defer env.Close()
+	for range 20 { // warm connections and the store's caches
+		_, err := env.Once(ctx)
+		require.NoError(b, err)
+	}
+	var cs, ss []time.Duration
+	for b.Loop() {
+		s, err := env.Once(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cs, ss = append(cs, s.Client), append(ss, s.Server)
+	}
+	c, s := bench.Summarize(cs), bench.Summarize(ss)
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	b.ReportMetric(us(c.P50), "p50-µs")
+	b.ReportMetric(us(c.P99), "p99-µs")
+	b.ReportMetric(us(c.P999), "p99.9-µs")
+	b.ReportMetric(us(s.P50), "server-p50-µs")
+	b.ReportMetric(us(s.P99), "server-p99-µs")
+}
