@@ -1,12 +1,12 @@
 package agent
 
 import (
-	"bufio"
 	"os"
 	"runtime"
 	"strings"
 
 	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/identity"
 	"github.com/deskrun/deskrun/internal/wire"
 )
 
@@ -42,39 +42,9 @@ func HostInfo(f HostFiles, slots int) wire.MachineInfo {
 	}
 }
 
-// JoinState says how this machine resolves users: SSSD (a domains= line
-// in sssd.conf), winbind (security = ads in smb.conf), realm (a
-// default_realm in krb5.conf only), or local files.
+// JoinState says how this machine resolves users, read by the identity
+// package from sssd.conf, smb.conf and krb5.conf.
 func JoinState(f HostFiles) (deskrun.JoinState, string) {
-	if v := iniValue(f.SSSD, "domains"); v != "" {
-		return deskrun.JoinSSSD, strings.TrimSpace(strings.Split(v, ",")[0])
-	}
-	if strings.EqualFold(iniValue(f.SMB, "security"), "ads") {
-		return deskrun.JoinWinbind, strings.ToLower(iniValue(f.SMB, "realm"))
-	}
-	if v := iniValue(f.KRB5, "default_realm"); v != "" {
-		return deskrun.JoinRealm, strings.ToLower(v)
-	}
-	return deskrun.JoinLocal, ""
-}
-
-// iniValue returns the first "key = value" in an INI-like file.
-func iniValue(path, key string) string {
-	fh, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer fh.Close()
-	sc := bufio.NewScanner(fh)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' || line[0] == ';' {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if ok && strings.EqualFold(strings.TrimSpace(k), key) {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
+	info, _ := identity.DetectJoin(identity.HostPaths{SSSDConf: f.SSSD, Krb5Conf: f.KRB5, SmbConf: f.SMB})
+	return info.State, info.Domain
 }

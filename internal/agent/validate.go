@@ -88,7 +88,7 @@ func (a *Agent) logon(ctx context.Context, p *wire.ValidatePayload) (*wire.Valid
 	k := a.guard.key(p)
 	unlock, failed := a.guard.lock(k)
 	defer unlock()
-	if failed != nil {
+	if failed != nil && !p.Force {
 		e := *failed
 		e.Code, e.Reason = deskrun.CodeConnectionBroken, failed.Reason
 		e.Message = "this machine's agent already saw this credential fail (" + failed.Reason + ") and will not try it again: " + failed.Message
@@ -113,6 +113,7 @@ func (a *Agent) logon(ctx context.Context, p *wire.ValidatePayload) (*wire.Valid
 		}
 		return nil, err
 	}
+	a.guard.fail(k, nil) // a success clears an earlier failure (forced re-test)
 	out := &wire.ValidateOutput{Identity: wire.ValidateIdentity{Username: res.Identity.Username, UID: res.Identity.UID,
 		GID: res.Identity.GID, Groups: res.Identity.Groups, Home: res.Identity.Home, Shell: res.Identity.Shell}}
 	for _, w := range res.Warnings {

@@ -8,6 +8,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/deskrun/deskrun/internal/agent"
+	"github.com/deskrun/deskrun/internal/identity"
+	"github.com/deskrun/deskrun/internal/identity/pam"
 )
 
 func newAgentCmd(a *app) *cobra.Command {
@@ -64,6 +66,7 @@ named in the token, trusting only the CA whose fingerprint the token carries.`,
 func newAgentRunCmd(a *app) *cobra.Command {
 	var state, logLevel string
 	var slots int
+	var po pamOptions
 	c := &cobra.Command{
 		Use:   "run",
 		Short: "Connect to the server and run the jobs it pushes",
@@ -74,14 +77,23 @@ func newAgentRunCmd(a *app) *cobra.Command {
 			}
 			log := a.logger(logLevel)
 			warnIdentity(a, log.Warn)
-			ag := &agent.Agent{StateDir: state, Log: log, Info: agent.HostInfo(agent.DefaultHostFiles, slots)}
+			ag := &agent.Agent{StateDir: state, Log: log, Info: agent.HostInfo(agent.DefaultHostFiles, slots), Logon: a.logonProvider(&po)}
 			return ag.Run(cmd.Context())
 		},
 	}
 	c.Flags().StringVar(&state, "state-dir", "", "agent state directory (default /var/lib/deskrun/agent as root)")
 	c.Flags().IntVar(&slots, "slots", 1, "how many runs this machine takes at once")
 	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	po.register(c, true)
 	return c
+}
+
+// logonProvider is the PAM provider the agent logs users on with: the same
+// one `deskrun diagnose logon` uses.
+func (a *app) logonProvider(po *pamOptions) identity.Provider {
+	join, _ := identity.DetectJoin(identity.DefaultHostPaths())
+	host, _ := os.Hostname()
+	return pam.New(pam.Config{Stack: po.stack(a), Join: join, Machine: host})
 }
 
 // warnIdentity says, once, whom this agent can act as.

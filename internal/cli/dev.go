@@ -22,6 +22,7 @@ func newDevCmd(a *app) *cobra.Command {
 	var sf serverFlags
 	var name string
 	var noClientConfig bool
+	var po pamOptions
 	c := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a server and a local agent in one process, with no setup",
@@ -35,16 +36,17 @@ Restarting on the same data directory keeps everything.`,
 			if err != nil {
 				return err
 			}
-			return a.runDev(cmd.Context(), cfg, name, !noClientConfig)
+			return a.runDev(cmd.Context(), cfg, name, !noClientConfig, &po)
 		},
 	}
 	addServerFlags(c.Flags(), &sf, false)
 	c.Flags().StringVar(&name, "name", "", "name of the local machine (default: the hostname)")
 	c.Flags().BoolVar(&noClientConfig, "no-client-config", false, "do not write the client config")
+	po.register(c, true)
 	return c
 }
 
-func (a *app) runDev(ctx context.Context, cfg server.Config, name string, writeClient bool) error {
+func (a *app) runDev(ctx context.Context, cfg server.Config, name string, writeClient bool, po *pamOptions) error {
 	log := a.logger(cfg.LogLevel)
 	s := &server.Server{Config: cfg, Log: log, Version: Version}
 	if err := s.Start(ctx); err != nil {
@@ -88,7 +90,7 @@ func (a *app) runDev(ctx context.Context, cfg server.Config, name string, writeC
 	}
 
 	connected := make(chan struct{}, 1)
-	ag := &agent.Agent{StateDir: stateDir, Log: log.With("component", "agent"), Info: info,
+	ag := &agent.Agent{StateDir: stateDir, Log: log.With("component", "agent"), Info: info, Logon: a.logonProvider(po),
 		OnConnected: func() {
 			select {
 			case connected <- struct{}{}:

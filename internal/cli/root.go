@@ -102,6 +102,8 @@ Start here:  deskrun dev`,
 	}
 	for _, c := range []*cobra.Command{
 		newMachineCmd(a),
+		newConnectionCmd(a),
+		newAuditCmd(a),
 		newTokenCmd(a),
 		newJobCmd(a),
 	} {

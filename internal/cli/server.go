@@ -54,7 +54,7 @@ func (a *app) serverConfig(fs *pflag.FlagSet, sf *serverFlags) (server.Config, e
 	fs.Visit(func(f *pflag.Flag) {
 		key := strings.ReplaceAll(f.Name, "-", "_")
 		switch f.Name {
-		case "server-config", "print-config", "name", "json":
+		case "server-config", "print-config", "name", "json", "no-client-config", "pam-dir", "pam-config-dir", "faillock-dir", "nologin-file":
 			return
 		}
 		val := f.Value.String()

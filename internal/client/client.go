@@ -250,3 +250,60 @@ func (c *Client) CancelJob(ctx context.Context, id string) (*wire.Job, error) {
 	err := c.Do(ctx, http.MethodPost, "/api/v1/jobs/"+url.PathEscape(id)+"/cancel", nil, &out)
 	return &out, err
 }
+
+// CreateConnection creates (and tests) a connection.
+func (c *Client) CreateConnection(ctx context.Context, req wire.ConnectionCreate) (*wire.ConnectionTestResult, error) {
+	var out wire.ConnectionTestResult
+	err := c.Do(ctx, http.MethodPost, "/api/v1/connections", req, &out)
+	return &out, err
+}
+
+// Connections lists connections.
+func (c *Client) Connections(ctx context.Context) ([]wire.Connection, error) {
+	var out wire.ConnectionList
+	err := c.Do(ctx, http.MethodGet, "/api/v1/connections", nil, &out)
+	return out.Connections, err
+}
+
+// Connection shows one connection by name or id.
+func (c *Client) Connection(ctx context.Context, name string) (*wire.Connection, error) {
+	var out wire.Connection
+	err := c.Do(ctx, http.MethodGet, "/api/v1/connections/"+url.PathEscape(name), nil, &out)
+	return &out, err
+}
+
+// UpdateConnection changes a connection; new credentials are tested first.
+func (c *Client) UpdateConnection(ctx context.Context, name string, req wire.ConnectionUpdate) (*wire.ConnectionTestResult, error) {
+	var out wire.ConnectionTestResult
+	err := c.Do(ctx, http.MethodPatch, "/api/v1/connections/"+url.PathEscape(name), req, &out)
+	return &out, err
+}
+
+// DeleteConnection removes a connection.
+func (c *Client) DeleteConnection(ctx context.Context, name string) error {
+	return c.Do(ctx, http.MethodDelete, "/api/v1/connections/"+url.PathEscape(name), nil, nil)
+}
+
+// TestConnection tests a connection's logon on its machine.
+func (c *Client) TestConnection(ctx context.Context, name string, force bool) (*wire.ConnectionTestResult, error) {
+	var out wire.ConnectionTestResult
+	err := c.Do(ctx, http.MethodPost, "/api/v1/connections/"+url.PathEscape(name)+"/test", wire.ConnectionTest{Force: force}, &out)
+	return &out, err
+}
+
+// Audit lists audit events.
+func (c *Client) Audit(ctx context.Context, connection, action string, limit int) ([]wire.AuditEvent, error) {
+	q := url.Values{}
+	if connection != "" {
+		q.Set("connection", connection)
+	}
+	if action != "" {
+		q.Set("action", action)
+	}
+	if limit > 0 {
+		q.Set("limit", fmt.Sprint(limit))
+	}
+	var out wire.AuditList
+	err := c.Do(ctx, http.MethodGet, "/api/v1/audit?"+q.Encode(), nil, &out)
+	return out.Events, err
+}

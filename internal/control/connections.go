@@ -144,7 +144,7 @@ func (s *Service) CreateConnection(ctx context.Context, actor Actor, req wire.Co
 	}
 	var out *wire.ValidateOutput
 	if !req.SkipTest {
-		out, err = s.testLogon(ctx, actor, c, m, cred)
+		out, err = s.testLogon(ctx, actor, c, m, cred, false)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -192,14 +192,14 @@ func (s *Service) credential(ctx context.Context, actor Actor, connID, connName 
 }
 
 // testLogon pushes a validate job to the machine and waits for its verdict.
-func (s *Service) testLogon(ctx context.Context, actor Actor, c *deskrun.Connection, m *deskrun.Machine, cred deskrun.SealedCredential) (*wire.ValidateOutput, error) {
+func (s *Service) testLogon(ctx context.Context, actor Actor, c *deskrun.Connection, m *deskrun.Machine, cred deskrun.SealedCredential, force bool) (*wire.ValidateOutput, error) {
 	if !s.Hub.Online(m.ID) {
 		return nil, &deskrun.Error{Code: deskrun.CodeMachineOffline, Machine: m.Name, Retryable: true,
 			Message:    fmt.Sprintf("machine %s is offline, so the credentials cannot be tested on it", m.Name),
 			Resolution: "Start its agent (`deskrun agent run`), or save the connection untested with --skip-test; it will be tested on its first use."}
 	}
 	payload, _ := json.Marshal(wire.ValidatePayload{ConnectionID: c.ID, ConnectionName: c.Name, MachineID: m.ID,
-		Username: c.Username, LogonType: c.LogonType, KeyID: cred.KeyID, Ciphertext: cred.Ciphertext})
+		Username: c.Username, LogonType: c.LogonType, KeyID: cred.KeyID, Ciphertext: cred.Ciphertext, Force: force})
 	j := &deskrun.Job{MachineID: m.ID, Kind: deskrun.JobValidate, Payload: payload}
 	if err := s.Hub.Submit(ctx, j); err != nil {
 		return nil, err
@@ -371,7 +371,7 @@ func (s *Service) TestConnection(ctx context.Context, actor Actor, name string, 
 	backoff := s.Conn.TransientBackoff
 	var out *wire.ValidateOutput
 	for attempt := 0; ; attempt++ {
-		out, err = s.testLogon(ctx, actor, c, m, cred)
+		out, err = s.testLogon(ctx, actor, c, m, cred, force)
 		var de *deskrun.Error
 		if err == nil || !errors.As(err, &de) || !de.Retryable || breaks(de) || attempt >= s.Conn.TransientRetries ||
 			de.Code == deskrun.CodeMachineOffline {
@@ -467,7 +467,7 @@ func (s *Service) UpdateConnection(ctx context.Context, actor Actor, name string
 	var out *wire.ValidateOutput
 	if retest && !req.SkipTest {
 		cred, _ := c.CredentialFor(m.ID)
-		out, err = s.testLogon(ctx, actor, c, m, cred)
+		out, err = s.testLogon(ctx, actor, c, m, cred, false)
 		if err != nil {
 			return nil, nil, err // nothing saved: the old credentials stay
 		}

@@ -8,8 +8,8 @@ import (
 )
 
 // Secret is a password in an API body. It decodes from a JSON string into
-// bytes the server can zero after sealing, and it never encodes: a Secret
-// marshalled by mistake prints as "[redacted]".
+// bytes the server can zero after sealing, and it prints (String, %v in a
+// log line) as "[redacted]". Only the client marshals it, to send it.
 type Secret []byte
 
 // UnmarshalJSON reads a JSON string.
@@ -22,8 +22,8 @@ func (s *Secret) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// MarshalJSON never reveals the secret.
-func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"[redacted]"`), nil }
+// MarshalJSON encodes the secret as a JSON string (for the client).
+func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(string(s)) }
 
 // String never reveals the secret.
 func (s Secret) String() string { return "[redacted]" }
@@ -138,6 +138,9 @@ type ValidatePayload struct {
 	LogonType      string `json:"logon_type"`
 	KeyID          string `json:"key_id"`
 	Ciphertext     []byte `json:"ciphertext"`
+	// Force asks the agent to try even a credential it saw fail
+	// definitively (an admin's forced re-test).
+	Force bool `json:"force,omitempty"`
 }
 
 // ValidateOutput is a successful validate job's output.

@@ -55,7 +55,7 @@ func TestDev(t *testing.T) {
 	first := list.Machines[0]
 	require.Equal(t, "devbox", first.Name)
 	require.Equal(t, "online", first.State)
-	require.Equal(t, 1, first.ProtocolVersion)
+	require.Equal(t, wire.ProtocolVersion, first.ProtocolVersion)
 	out := w.run("job", "run", "--machine", "devbox", "--wait", "10s")
 	require.Contains(t, out, "succeeded")
 

@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	teardownPAM()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -56,6 +57,8 @@ type world struct {
 	server   *exec.Cmd
 	agent    *exec.Cmd
 	agentDir string
+	// serverArgs are extra flags for `deskrun server`.
+	serverArgs []string
 }
 
 func newWorld(t *testing.T) *world {
@@ -77,8 +80,8 @@ func (w *world) start(args ...string) *exec.Cmd {
 }
 
 func (w *world) startServer() {
-	w.server = w.start("server", "--data", filepath.Join(w.dir, "data"), "--listen", w.addr,
-		"--heartbeat-interval", "200ms", "--agent-lease", "10s")
+	w.server = w.start(append([]string{"server", "--data", filepath.Join(w.dir, "data"), "--listen", w.addr,
+		"--heartbeat-interval", "200ms", "--agent-lease", "10s"}, w.serverArgs...)...)
 	w.eventually("server ready", func() bool {
 		_, err := os.Stat(filepath.Join(w.dir, "data", "admin.token"))
 		if err != nil {
