@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -88,26 +89,37 @@ func findUser(conn *goldap.Conn, base string, upn, user string) (*goldap.Entry, 
 	if upn != "" {
 		f = "(|(userPrincipalName=" + goldap.EscapeFilter(upn) + ")" + f[2:]
 	}
-	f = "(&(|(objectClass=user)(objectClass=posixAccount)(objectClass=inetOrgPerson))(!(objectClass=computer))" + f + ")"
+	// Computer accounts (NAME$) are dropped below rather than with
+	// (!(objectClass=computer)): OpenLDAP evaluates an unknown class as
+	// Undefined, and NOT Undefined matches nothing.
+	f = "(&(|(objectClass=user)(objectClass=posixAccount)(objectClass=inetOrgPerson))" + f + ")"
 	res, err := conn.Search(goldap.NewSearchRequest(base, goldap.ScopeWholeSubtree, goldap.NeverDerefAliases,
-		3, 0, false, f, []string{"userPrincipalName"}, nil))
+		4, 0, false, f, []string{"userPrincipalName", "objectClass"}, nil))
 	if err != nil && !goldap.IsErrorWithCode(err, goldap.LDAPResultSizeLimitExceeded) {
 		return nil, err
 	}
-	if res == nil || len(res.Entries) == 0 {
+	var found []*goldap.Entry
+	if res != nil {
+		for _, e := range res.Entries {
+			if !slices.ContainsFunc(e.GetAttributeValues("objectClass"), func(c string) bool { return strings.EqualFold(c, "computer") }) {
+				found = append(found, e)
+			}
+		}
+	}
+	if len(found) == 0 {
 		return nil, errNoEntry
 	}
-	entry := res.Entries[0]
-	if len(res.Entries) > 1 {
+	entry := found[0]
+	if len(found) > 1 {
 		// A UPN is unique; the same short name in two places is ambiguous.
 		entry = nil
-		for _, e := range res.Entries {
+		for _, e := range found {
 			if upn != "" && strings.EqualFold(e.GetAttributeValue("userPrincipalName"), upn) {
 				entry = e
 			}
 		}
 		if entry == nil {
-			return nil, fmt.Errorf("%d accounts match the name", len(res.Entries))
+			return nil, fmt.Errorf("%d accounts match the name", len(found))
 		}
 	}
 	// Constructed attributes (msDS-*-Computed, msDS-ResultantPSO) are only

@@ -40,6 +40,7 @@ func script() string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	teardownSlapd()
 	if dc.dir != "" {
 		_ = fixture("teardown")
 		os.RemoveAll(filepath.Dir(dc.dir))
@@ -47,24 +48,31 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// needDC skips off CI when the DC cannot run here (not root, no apt-get)
-// and fails on CI, then sets the DC up once.
-func needDC(tb testing.TB) {
+// needRoot skips off CI when a fixture cannot run here (not root, or
+// program missing and no apt-get to install it), and fails on CI.
+func needRoot(tb testing.TB, program, what string) {
 	tb.Helper()
 	skip := func(why string) {
 		if os.Getenv("CI") != "" {
-			tb.Fatalf("Samba AD tests: %s, and CI must run them", why)
+			tb.Fatalf("%s: %s, and CI must run them", what, why)
 		}
-		tb.Skip("Samba AD tests: " + why + " (CI runs them as root)")
+		tb.Skip(what + ": " + why + " (CI runs them as root)")
 	}
 	if os.Geteuid() != 0 {
 		skip("needs root")
 	}
-	if _, err := exec.LookPath("samba"); err != nil {
+	if _, err := exec.LookPath(program); err != nil {
 		if _, err := exec.LookPath("apt-get"); err != nil {
-			skip("samba is not installed and apt-get is unavailable")
+			skip(program + " is not installed and apt-get is unavailable")
 		}
 	}
+}
+
+// needDC skips off CI when the DC cannot run here (not root, no apt-get)
+// and fails on CI, then sets the DC up once.
+func needDC(tb testing.TB) {
+	tb.Helper()
+	needRoot(tb, "samba", "Samba AD tests")
 	dc.once.Do(func() { dc.err = setupDC() })
 	if dc.err != nil {
 		tb.Fatalf("samba fixture: %v", dc.err)
