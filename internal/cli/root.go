@@ -96,6 +96,7 @@ Start here:  deskrun dev`,
 		newServerCmd(a),
 		newMigrateCmd(a),
 		newAgentCmd(a),
+		newBeChildCmd(a),
 	} {
 		c.GroupID = "start"
 		root.AddCommand(c)

@@ -1,0 +1,35 @@
+package cli
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/deskrun/deskrun/internal/runas"
+)
+
+// newBeChildCmd is the hidden `deskrun be-child` family: modes in which
+// the agent re-executes itself to do one privileged-then-dropped thing.
+// Never started by hand; the parent speaks to the child over inherited
+// file descriptors, not argv or the environment.
+func newBeChildCmd(_ *app) *cobra.Command {
+	c := &cobra.Command{
+		Use:    "be-child",
+		Short:  "Internal: modes the agent re-executes itself in",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+	}
+	c.AddCommand(&cobra.Command{
+		Use:                "runas",
+		Short:              "Internal: drop to a user and run a command (see internal/runas)",
+		Args:               cobra.NoArgs,
+		DisableFlagParsing: true,
+		RunE: func(*cobra.Command, []string) error {
+			// BeChild returns only when it could not start the command; on
+			// success the command has replaced this process.
+			os.Exit(runas.BeChild())
+			return nil
+		},
+	})
+	return c
+}
