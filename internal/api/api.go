@@ -380,25 +380,43 @@ func (a *API) createJob(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
+	wait, err := waitParam(r)
+	if err != nil {
+		return err
+	}
 	j, err := a.svc.CreateJob(r.Context(), req)
 	if err != nil {
 		return err
 	}
+	if wait > 0 {
+		if j, err = a.svc.Job(r.Context(), j.ID, wait); err != nil {
+			return err
+		}
+	}
 	writeJSON(w, http.StatusCreated, wire.JobFrom(j))
 	return nil
+}
+
+// waitParam reads ?wait=DURATION (at most maxWait).
+func waitParam(r *http.Request) (time.Duration, error) {
+	s := r.URL.Query().Get("wait")
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, &deskrun.Error{Code: deskrun.CodeInvalid, Field: "wait", Message: fmt.Sprintf("wait %q is not a duration such as 30s", s)}
+	}
+	return min(d, maxWait), nil
 }
 
 // maxWait bounds ?wait= so a client cannot hold a request forever.
 const maxWait = 5 * time.Minute
 
 func (a *API) getJob(w http.ResponseWriter, r *http.Request) error {
-	var wait time.Duration
-	if s := r.URL.Query().Get("wait"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil || d < 0 {
-			return &deskrun.Error{Code: deskrun.CodeInvalid, Field: "wait", Message: fmt.Sprintf("wait %q is not a duration such as 30s", s)}
-		}
-		wait = min(d, maxWait)
+	wait, err := waitParam(r)
+	if err != nil {
+		return err
 	}
 	j, err := a.svc.Job(r.Context(), r.PathValue("job"), wait)
 	if err != nil {

@@ -204,14 +204,9 @@ func newJobCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			j, err := cl.CreateJob(cmd.Context(), req)
+			j, err := cl.CreateJob(cmd.Context(), req, wait)
 			if err != nil {
 				return err
-			}
-			if wait > 0 {
-				if j, err = cl.Job(cmd.Context(), j.ID, wait); err != nil {
-					return err
-				}
 			}
 			return a.printJob(j, asJSON)
 		},

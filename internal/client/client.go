@@ -209,10 +209,15 @@ func (c *Client) RevokeToken(ctx context.Context, id string) error {
 	return c.Do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(id), nil, nil)
 }
 
-// CreateJob creates a job.
-func (c *Client) CreateJob(ctx context.Context, req wire.JobCreate) (*wire.Job, error) {
+// CreateJob creates a job; wait > 0 waits up to that long for it to end,
+// in the same request.
+func (c *Client) CreateJob(ctx context.Context, req wire.JobCreate, wait ...time.Duration) (*wire.Job, error) {
 	var out wire.Job
-	err := c.Do(ctx, http.MethodPost, "/api/v1/jobs", req, &out)
+	p := "/api/v1/jobs"
+	if len(wait) > 0 && wait[0] > 0 {
+		p += "?wait=" + wait[0].String()
+	}
+	err := c.Do(ctx, http.MethodPost, p, req, &out)
 	return &out, err
 }
 

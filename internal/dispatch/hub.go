@@ -325,7 +325,12 @@ func (h *Hub) leaseExpired(machineID string) {
 	}
 }
 
-// Serve runs the agent protocol on one accepted WebSocket until it ends.
+// Serve runs the agent protocol on one accepted WebSocket. It does the
+// handshake on the caller's goroutine, then returns and leaves the
+// connection to a read loop of its own, bound to the hub's life: the HTTP
+// handler (and its goroutine, whose stack grew during TLS and the
+// handshake) is gone for the connection's idle life, which keeps an idle
+// agent cheap.
 func (h *Hub) Serve(ctx context.Context, ws *websocket.Conn, remote string) {
 	ws.SetReadLimit(4 << 20)
 	c := &agentConn{ws: ws, hub: h}
@@ -342,8 +347,13 @@ func (h *Hub) Serve(ctx context.Context, ws *websocket.Conn, remote string) {
 		return
 	}
 	c.machineID = mach.ID
-	reason := h.run(ctx, c, mach, hello)
-	h.disconnect(c, reason)
+	if reason := h.register(h.ctx, c, mach, hello); reason != "" {
+		h.disconnect(c, reason)
+		return
+	}
+	go func() {
+		h.disconnect(c, h.readLoop(h.ctx, c))
+	}()
 }
 
 func (h *Hub) handshake(ctx context.Context, c *agentConn) (*deskrun.Machine, *wire.Hello, error) {
@@ -382,9 +392,9 @@ func (h *Hub) handshake(ctx context.Context, c *agentConn) (*deskrun.Machine, *w
 	return mach, hello, nil
 }
 
-// run registers the connection, reconciles held jobs, and reads frames
-// until the connection ends; it returns why it ended.
-func (h *Hub) run(ctx context.Context, c *agentConn, mach *deskrun.Machine, hello *wire.Hello) string {
+// register records the connection, welcomes the agent and reconciles the
+// jobs it holds; it returns why it failed, or "".
+func (h *Hub) register(ctx context.Context, c *agentConn, mach *deskrun.Machine, hello *wire.Hello) string {
 	now := h.now()
 	info := hello.Info
 	mach.OS, mach.Arch, mach.Kernel, mach.AgentVersion = info.OS, info.Arch, info.Kernel, info.AgentVersion
@@ -421,19 +431,22 @@ func (h *Hub) run(ctx context.Context, c *agentConn, mach *deskrun.Machine, hell
 		return "load jobs: " + err.Error()
 	}
 	h.metrics.agentsConnected.Inc()
-	defer h.metrics.agentsConnected.Dec()
+	c.counted = true
 	h.log.Info("agent connected", "machine", mach.Name, "machine_id", mach.ID, "protocol", hello.ProtocolVersion, "held_jobs", len(hello.Held))
 
 	c.watchdog = time.AfterFunc(h.cfg.HeartbeatInterval*time.Duration(h.cfg.HeartbeatMisses), func() {
 		c.close(websocket.StatusPolicyViolation, "heartbeat timeout")
 	})
-	defer c.watchdog.Stop()
 	if err := c.write(ctx, &wire.Frame{Type: wire.FrameWelcome, Welcome: &wire.Welcome{
 		MachineID: mach.ID, HeartbeatInterval: h.cfg.HeartbeatInterval.Milliseconds(), ServerVersion: h.cfg.ServerVersion}}); err != nil {
 		return "write welcome: " + err.Error()
 	}
 	h.reconcile(ctx, c, hello.Held, active, queued)
+	return ""
+}
 
+// readLoop reads frames until the connection ends and returns why.
+func (h *Hub) readLoop(ctx context.Context, c *agentConn) string {
 	for {
 		f, err := c.read(ctx)
 		if err != nil {
@@ -490,9 +503,29 @@ func (h *Hub) handle(ctx context.Context, c *agentConn, f *wire.Frame) {
 	switch f.Type {
 	case wire.FrameHeartbeat:
 	case wire.FrameAck:
-		if _, err := h.store.UpdateJobState(ctx, f.ID, deskrun.JobRunning, time.Time{}, h.now()); err != nil {
-			h.log.Error("ack", "job_id", f.ID, "err", err)
+		// The ack is written a moment later, unless the result comes first
+		// (a short job): then the result's one commit records both. This is
+		// safe because the agent records a job before acking it, so a job
+		// it accepted is reported (held, or lost) on its next hello even if
+		// the ack was never written.
+		id := f.ID
+		c.mu.Lock()
+		if c.acks == nil {
+			c.acks = map[string]*time.Timer{}
 		}
+		c.acks[id] = time.AfterFunc(ackDelay, func() {
+			c.mu.Lock()
+			_, pending := c.acks[id]
+			delete(c.acks, id)
+			c.mu.Unlock()
+			if !pending {
+				return
+			}
+			if _, err := h.store.UpdateJobState(ctx, id, deskrun.JobRunning, time.Time{}, h.now()); err != nil && ctx.Err() == nil {
+				h.log.Error("ack", "job_id", id, "err", err)
+			}
+		})
+		c.mu.Unlock()
 	case wire.FrameProgress:
 		if f.Progress != nil {
 			if err := h.store.SetJobProgress(ctx, f.Progress.ID, f.Progress.Message, h.now()); err != nil {
@@ -509,6 +542,12 @@ func (h *Hub) handle(ctx context.Context, c *agentConn, f *wire.Frame) {
 }
 
 func (h *Hub) recordResult(ctx context.Context, c *agentConn, r *wire.JobResult) {
+	c.mu.Lock()
+	if t, ok := c.acks[r.ID]; ok {
+		t.Stop()
+		delete(c.acks, r.ID)
+	}
+	c.mu.Unlock()
 	if r.Error != nil && r.Error.Machine == "" {
 		r.Error.Machine = c.machineID
 	}
@@ -522,6 +561,23 @@ func (h *Hub) recordResult(ctx context.Context, c *agentConn, r *wire.JobResult)
 }
 
 func (h *Hub) disconnect(c *agentConn, reason string) {
+	if c.watchdog != nil {
+		c.watchdog.Stop()
+	}
+	if c.counted {
+		h.metrics.agentsConnected.Dec()
+	}
+	c.mu.Lock()
+	for id, t := range c.acks {
+		if t.Stop() {
+			// Written now so the job shows running while its lease runs.
+			if _, err := h.store.UpdateJobState(h.ctx, id, deskrun.JobRunning, time.Time{}, h.now()); err != nil && h.ctx.Err() == nil {
+				h.log.Error("ack", "job_id", id, "err", err)
+			}
+		}
+	}
+	c.acks = nil
+	c.mu.Unlock()
 	m := h.machine(c.machineID)
 	m.mu.Lock()
 	current := m.conn == c
@@ -551,10 +607,16 @@ type agentConn struct {
 	hub       *Hub
 	machineID string
 	watchdog  *time.Timer
+	counted   bool // in the agents_connected gauge
 
 	mu       sync.Mutex
 	closedBy string
+	acks     map[string]*time.Timer // acks not yet written
 }
+
+// ackDelay is how long an ack waits to be written, in case the result
+// makes it unnecessary.
+const ackDelay = 20 * time.Millisecond
 
 func (c *agentConn) read(ctx context.Context) (*wire.Frame, error) {
 	_, b, err := c.ws.Read(ctx)

@@ -69,9 +69,27 @@ func (s *Server) Start(ctx context.Context) error {
 		s.Log = slog.New(slog.DiscardHandler)
 	}
 	cfg := &s.Config
+	urlDerived := cfg.URL == ""
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	// Listen first: with port 0 the URL (which goes into enrollment tokens
+	// and the certificate) must name the port the kernel chose.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	s.Addr = ln.Addr().String()
+	s.ln = ln
+	if urlDerived {
+		cfg.URL = "https://" + s.Addr
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			ln.Close()
+		}
+	}()
 	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -144,14 +162,7 @@ func (s *Server) Start(ctx context.Context) error {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/", apiH) // unknown routes get the API's error envelope
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		s.Hub.Stop()
-		db.Close()
-		return fmt.Errorf("listen: %w", err)
-	}
-	s.Addr = ln.Addr().String()
-	s.ln = ln
+	ok = true
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{s.TLS.Cert}, NextProtos: []string{"h2", "http/1.1"}}
 	s.http = &http.Server{
 		Handler:           mux,

@@ -68,19 +68,9 @@ func startServer(t *testing.T) *env {
 	cfg.AgentLease = 300 * time.Millisecond
 	cfg.MaxBodyBytes = 64 << 10
 	s := &server.Server{Config: cfg, Log: slog.New(slog.DiscardHandler), Version: "test", Now: ck.now}
-	// The URL must name the real port, which is known only after Listen:
-	// listen first on a port chosen by the kernel.
 	require.NoError(t, s.Start(t.Context()))
 	t.Cleanup(s.Stop)
-	if s.Config.URL != "https://"+s.Addr {
-		// Restart on the chosen port so enrollment tokens carry a URL that works.
-		port := s.Addr
-		s.Stop()
-		cfg.Listen, cfg.URL = port, ""
-		s = &server.Server{Config: cfg, Log: slog.New(slog.DiscardHandler), Version: "test", Now: ck.now}
-		require.NoError(t, s.Start(t.Context()))
-		t.Cleanup(s.Stop)
-	}
+	require.Equal(t, "https://"+s.Addr, s.Config.URL, "with port 0 the URL names the chosen port")
 	tok, err := os.ReadFile(filepath.Join(cfg.Data, server.BootstrapTokenFile))
 	require.NoError(t, err)
 	token := strings.TrimSpace(string(tok))
