@@ -233,3 +233,19 @@ func TestRefusedBeforeNetwork(t *testing.T) {
 	_, de := logon(t, p, "alice", password)
 	require.Contains(t, de.Resolution, `"user@test.example" or "TEST\user"`)
 }
+
+// A refused service password is used once, then no more: retrying it on
+// every logon would lock the service account out.
+func TestServiceAccountRefused(t *testing.T) {
+	t.Parallel()
+	needDC(t)
+	cfg := config(true)
+	cfg.ServiceDN, cfg.ServicePassword = `TEST\dr_svc2`, []byte("Wr0ng-Service!")
+	p := ldap.New(cfg)
+	for range 3 {
+		res, de := logon(t, p, "dr_ok2@test.example", password)
+		require.Nil(t, de, "logons go on without the state checks: %v", de)
+		require.Equal(t, "dr_ok2", res.Identity.Username)
+	}
+	require.Equal(t, 1, badPwdCount(t, "dr_svc2"))
+}
