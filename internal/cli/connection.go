@@ -253,7 +253,8 @@ func newConnectionShowCmd(a *app) *cobra.Command {
 }
 
 func newConnectionDeleteCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	c := &cobra.Command{
 		Use: "delete NAME", Short: "Delete a connection and its sealed credentials", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := a.client()
@@ -263,10 +264,15 @@ func newConnectionDeleteCmd(a *app) *cobra.Command {
 			if err := cl.DeleteConnection(cmd.Context(), args[0]); err != nil {
 				return err
 			}
+			if asJSON {
+				return printJSON(a.io.Out, map[string]string{"deleted": args[0]})
+			}
 			fmt.Fprintf(a.io.Out, "deleted connection %s\n", args[0])
 			return nil
 		},
 	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
 }
 
 func (a *app) printConnection(c *wire.Connection) {
