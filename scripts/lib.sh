@@ -23,7 +23,7 @@ apt_install() {
 		fi
 		sudo_ apt-get update -qq
 		sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-		[ -n "$made" ] && sudo_ rm -f "$rcd"
+		if [ -n "$made" ]; then sudo_ rm -f "$rcd"; fi
 	fi
 }
 
