@@ -57,6 +57,12 @@ type Spec struct {
 	// os.Executable(). Tests point it at a freshly built binary. It must not
 	// be writable by anyone but root: it runs as root until the drop.
 	Executable string
+	// BeforeKill, if set, is called once, before the tree is killed: with
+	// nil when the command has exited by itself (what it started still
+	// runs), or with ErrTimeout, ErrCancelled or ErrKilled (the command
+	// still runs). A desktop run takes its screenshot here, while the
+	// windows still exist. The kill waits for it: return promptly.
+	BeforeKill func(cause error)
 	// Logger receives the fallbacks (no cgroup, and why) and cleanup
 	// failures; nil discards them.
 	Logger *slog.Logger
@@ -260,12 +266,21 @@ type Process struct {
 	exited bool  // the leader has exited (maybe not reaped yet)
 	reaped bool  // the leader is reaped: its pid may be reused, never signal it
 
+	beforeKill     func(error)
+	beforeKillOnce sync.Once
+
 	killReq chan struct{}
 	done    chan struct{}
 	code    int
 	err     error
 
 	sys sysState
+}
+
+func (p *Process) callBeforeKill(cause error) {
+	if p.beforeKill != nil {
+		p.beforeKillOnce.Do(func() { p.beforeKill(cause) })
+	}
 }
 
 // Pid is the process id of the command (the process group id, too).

@@ -558,3 +558,44 @@ func liveProcesses(uid uint32) []int {
 	}
 	return pids
 }
+
+// TestBeforeKill: the hook runs while the tree is still alive, with the
+// cause, exactly once.
+func TestBeforeKill(t *testing.T) {
+	u := newUser(t)
+	for _, tt := range []struct {
+		name    string
+		script  string
+		timeout time.Duration
+		want    error
+	}{
+		{"exit", "sleep 300 >/dev/null & echo $!; exec sleep 0.2", 0, nil},
+		{"timeout", "sleep 300 & echo $!; wait", 300 * time.Millisecond, ErrTimeout},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var calls atomic.Int32
+			var alive atomic.Bool
+			var cause error
+			w := &lineWriter{lines: make(chan string, 1)}
+			p, err := Start(context.Background(), Spec{Identity: u.Identity, Path: "sh", Args: []string{"-c", tt.script},
+				Stdout: w, Timeout: tt.timeout, Executable: deskrunBinary(t),
+				BeforeKill: func(c error) {
+					calls.Add(1)
+					cause = c
+					pid, _ := strconv.Atoi(strings.TrimSpace(<-w.lines))
+					alive.Store(pid > 0 && syscall.Kill(pid, 0) == nil)
+				}})
+			require.NoError(t, err)
+			_, err = p.Wait()
+			require.Equal(t, int32(1), calls.Load())
+			require.True(t, alive.Load(), "the grandchild still ran when the hook was called")
+			if tt.want == nil {
+				require.NoError(t, cause)
+				require.NoError(t, err)
+			} else {
+				require.ErrorIs(t, cause, tt.want)
+				require.ErrorIs(t, err, tt.want)
+			}
+		})
+	}
+}

@@ -82,6 +82,7 @@ func Start(ctx context.Context, s Spec) (*Process, error) {
 		dropped:     cs.Drop,
 		log:         log,
 		containment: ContainProcessGroup,
+		beforeKill:  s.BeforeKill,
 		killReq:     make(chan struct{}, 1),
 		done:        make(chan struct{}),
 	}
@@ -212,6 +213,7 @@ func (p *Process) kill(reason error) {
 		p.reason = reason
 	}
 	p.mu.Unlock()
+	p.callBeforeKill(reason)
 	p.killTree()
 }
 
@@ -247,6 +249,7 @@ func (p *Process) reap(exited chan<- struct{}) {
 	p.exited = true
 	p.mu.Unlock()
 	close(exited)
+	p.callBeforeKill(nil)
 	p.killTree()
 	werr := p.cmd.Wait()
 	p.mu.Lock()
