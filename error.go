@@ -43,6 +43,12 @@ const (
 	CodeSealedCredentialInvalid = "SealedCredentialInvalid"
 	CodeConnectionTestTimeout   = "ConnectionTestTimeout"
 
+	// Desktop flows: the package a maker pushes and the inputs of a run.
+	CodeDesktopFlowInvalid         = "DesktopFlowInvalid"         // desktopflow.yaml breaks the schema
+	CodeDesktopFlowInputInvalid    = "DesktopFlowInputInvalid"    // undeclared, missing or mistyped input
+	CodeDesktopFlowPackageTooLarge = "DesktopFlowPackageTooLarge" // over the compressed or unpacked limit
+	CodeDesktopFlowPackageInvalid  = "DesktopFlowPackageInvalid"  // not a safe archive, or not the digest it claims
+
 	// Identity: every logon failure carries this code and a specific Reason.
 	CodeWindowsIdentityIncorrect = "WindowsIdentityIncorrect"
 )

@@ -795,4 +795,27 @@ var catalog = []Entry{
 		Message: "Internal error.", Resolution: "Report it with the request id; the server log has the details.", Retryable: true},
 	{Reason: deskrun.CodeUnavailable, Code: deskrun.CodeUnavailable, Category: "request", HTTP: 503,
 		Message: "The server cannot serve the request now.", Resolution: "Retry shortly; check the server's store.", Retryable: true},
+
+	// ---------------------------------------------------------------
+	// Desktop flow packages (deskrun desktopflow push).
+	{
+		Reason: deskrun.CodeDesktopFlowInvalid, Code: deskrun.CodeDesktopFlowInvalid, Category: "package", HTTP: 400,
+		Message:    "The desktopflow.yaml of the package breaks the schema; the message names the file, line, column and field.",
+		Resolution: "Fix the field at the line and column shown. A manifest has name, run, and optionally description, inputs and outputs (name, type string|number|boolean, required, default, description), desktop and timeout (at most 24h); see examples/hello.",
+	},
+	{
+		Reason: deskrun.CodeDesktopFlowInputInvalid, Code: deskrun.CodeDesktopFlowInputInvalid, Category: "package", HTTP: 400,
+		Message:    "An input given to the flow is not declared by it, a required input is missing, or a value is not of the input's type.",
+		Resolution: "Pass only the inputs the flow declares, each of its type (see `deskrun desktopflow show NAME`).",
+	},
+	{
+		Reason: deskrun.CodeDesktopFlowPackageTooLarge, Code: deskrun.CodeDesktopFlowPackageTooLarge, Category: "package", HTTP: 413,
+		Message:    "The package is over the size limit: 16 MiB compressed, 64 MiB unpacked, 10000 files.",
+		Resolution: "Leave large data out of the package (the flow can fetch it when it runs); remove build outputs and caches from the directory.",
+	},
+	{
+		Reason: deskrun.CodeDesktopFlowPackageInvalid, Code: deskrun.CodeDesktopFlowPackageInvalid, Category: "package", HTTP: 400,
+		Message:    "The package archive is not safe or not whole: an entry escapes the package (absolute path, ..), is a link or a device, appears twice, or the archive does not match its digest.",
+		Resolution: "Push the directory with `deskrun desktopflow push DIR`, which packs only regular files and directories; replace symbolic links with the files they point to.",
+	},
 }
