@@ -90,6 +90,30 @@ type Tx interface {
 	SetConnectionHealth(ctx context.Context, c *deskrun.Connection) error
 	DeleteConnection(ctx context.Context, id string) error
 
+	// Desktop flows and their packages. A package is stored once per
+	// digest, whatever the number of versions (of any flow) that use it.
+	//
+	// CreateDesktopFlowVersion stores archive as the package f.Digest (if
+	// it is not stored yet) and makes it version latest+1 of f.Name, filling
+	// f.Version; the caller has computed f.Digest from archive. When the
+	// latest version already has f.Digest, nothing is written: f is
+	// overwritten with that version and created is false. (An older
+	// version with the same digest does not count: pushing it again is a
+	// rollback, and makes a new latest version.)
+	CreateDesktopFlowVersion(ctx context.Context, f *deskrun.DesktopFlow, archive []byte) (created bool, err error)
+	// GetDesktopFlow returns a version of a flow; version 0 is the latest.
+	GetDesktopFlow(ctx context.Context, name string, version int) (*deskrun.DesktopFlow, error)
+	// ListDesktopFlows returns the latest version of every flow, by name.
+	ListDesktopFlows(ctx context.Context) ([]*deskrun.DesktopFlow, error)
+	// ListDesktopFlowVersions returns every version of a flow, newest
+	// first; CodeNotFound when the flow has none.
+	ListDesktopFlowVersions(ctx context.Context, name string) ([]*deskrun.DesktopFlow, error)
+	// GetPackage returns the archive stored under a digest.
+	GetPackage(ctx context.Context, digest string) ([]byte, error)
+	// DeleteDesktopFlow deletes every version of a flow, and the packages
+	// that no version of any flow uses any more.
+	DeleteDesktopFlow(ctx context.Context, name string) error
+
 	// Audit log, append only.
 	AppendAudit(ctx context.Context, e *deskrun.AuditEvent) error
 	// ListAudit returns events newest first.

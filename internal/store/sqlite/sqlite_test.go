@@ -65,7 +65,7 @@ func TestOpenDoesNotMigrate(t *testing.T) {
 
 	applied, err := db.Migrate(ctx)
 	require.NoError(t, err)
-	require.Equal(t, []int{1, 2}, applied)
+	require.Equal(t, []int{1, 2, 3}, applied)
 	applied, err = db.Migrate(ctx)
 	require.NoError(t, err)
 	require.Empty(t, applied, "migrations are idempotent")

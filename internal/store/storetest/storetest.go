@@ -33,6 +33,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Connections", connectionTests},
 		{"Audit", auditTests},
 		{"ConnectionsInTx", connectionTxTests},
+		{"DesktopFlows", desktopFlowTests},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
