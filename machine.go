@@ -34,6 +34,10 @@ type Machine struct {
 	JoinState       JoinState
 	Domain          string // the directory domain when joined, e.g. "test.example"
 	Slots           int
+	// Sessions is the machine's policy for unattended runs: "shared" (a
+	// user may have other sessions) or "exclusive" (a user who already has
+	// a session gets SessionExistsForTheUserWhenUnattended).
+	Sessions string
 
 	// SigningKey is the agent's Ed25519 public key: it proves the agent's
 	// identity on every connect. Nothing stored on the server lets anyone

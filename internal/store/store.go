@@ -59,6 +59,9 @@ type Tx interface {
 	MarkAllMachinesOffline(ctx context.Context, at time.Time, reason string) error
 	// DeleteMachine deletes a machine and its jobs.
 	DeleteMachine(ctx context.Context, id string) error
+	// SetMachineSessions sets the machine's unattended-session policy
+	// ("shared" or "exclusive"); UpdateMachineInfo never touches it.
+	SetMachineSessions(ctx context.Context, id, sessions string) error
 
 	// Tokens.
 	CreateToken(ctx context.Context, t *deskrun.Token) error
@@ -89,6 +92,31 @@ type Tx interface {
 	// ExpiresInDays and ExpiryCheckedAt of c are written, nothing else.
 	SetConnectionHealth(ctx context.Context, c *deskrun.Connection) error
 	DeleteConnection(ctx context.Context, id string) error
+
+	// Runs of desktop flows.
+	CreateRun(ctx context.Context, r *deskrun.Run) error
+	GetRun(ctx context.Context, id string) (*deskrun.Run, error)
+	// GetRunByJob finds the run an agent job carries.
+	GetRunByJob(ctx context.Context, jobID string) (*deskrun.Run, error)
+	// ListRuns returns runs newest first, filtered.
+	ListRuns(ctx context.Context, f RunFilter) ([]*deskrun.Run, error)
+	// ListQueuedRuns returns queued runs in placement order: high priority
+	// first, then oldest first.
+	ListQueuedRuns(ctx context.Context, limit int) ([]*deskrun.Run, error)
+	// UpdateRun writes a run's mutable fields (state, machine, job, placement
+	// reason, outputs, exit code, error, timings, every timestamp) unless the
+	// stored run is already terminal: it returns false, changing nothing,
+	// then. The run's flow, version, digest, connection, priority, inputs
+	// and creation time never change.
+	UpdateRun(ctx context.Context, r *deskrun.Run) (bool, error)
+	// AppendRunLog stores chunks of a run's output; a chunk whose Seq the
+	// run already has is ignored.
+	AppendRunLog(ctx context.Context, runID string, chunks []deskrun.LogChunk) error
+	// ReadRunLog returns up to limit chunks with Seq > afterSeq, in order.
+	ReadRunLog(ctx context.Context, runID string, afterSeq int64, limit int) ([]deskrun.LogChunk, error)
+	// SaveRunScreenshot stores (replaces) a run's PNG screenshot.
+	SaveRunScreenshot(ctx context.Context, runID string, png []byte) error
+	GetRunScreenshot(ctx context.Context, runID string) ([]byte, error)
 
 	// Desktop flows and their packages. A package is stored once per
 	// digest, whatever the number of versions (of any flow) that use it.
@@ -158,5 +186,14 @@ type JobFilter struct {
 type AuditFilter struct {
 	ConnectionID string
 	Action       string
+	Limit        int // 0: DefaultJobLimit
+}
+
+// RunFilter selects runs; empty fields do not filter.
+type RunFilter struct {
+	States       []deskrun.RunState
+	Flow         string
+	MachineID    string
+	ConnectionID string
 	Limit        int // 0: DefaultJobLimit
 }

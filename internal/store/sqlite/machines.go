@@ -9,7 +9,7 @@ import (
 )
 
 const machineColumns = `id, name, os, arch, kernel, agent_version, protocol_version, join_state,
-	domain, slots, signing_key, seal_key, seal_key_id, state, last_seen, offline_reason, created_at`
+	domain, slots, sessions, signing_key, seal_key, seal_key_id, state, last_seen, offline_reason, created_at`
 
 func scanMachine(s scanner) (*deskrun.Machine, error) {
 	var (
@@ -19,7 +19,7 @@ func scanMachine(s scanner) (*deskrun.Machine, error) {
 		joinState, state    string
 	)
 	err := s.Scan(&m.ID, &m.Name, &m.OS, &m.Arch, &m.Kernel, &m.AgentVersion, &m.ProtocolVersion, &joinState,
-		&m.Domain, &m.Slots, &signingKey, &sealKey, &m.SealKeyID, &state, &lastSeen, &m.OfflineReason, &createdAt)
+		&m.Domain, &m.Slots, &m.Sessions, &signingKey, &sealKey, &m.SealKeyID, &state, &lastSeen, &m.OfflineReason, &createdAt)
 	if err != nil {
 		return nil, err
 	}
@@ -32,13 +32,38 @@ func scanMachine(s scanner) (*deskrun.Machine, error) {
 	return &m, nil
 }
 
+// Session policies of machines; a machine created without one is shared,
+// as are the machines that existed before the policy (migration 0004).
+const (
+	sessionsShared    = "shared"
+	sessionsExclusive = "exclusive"
+)
+
+// CreateMachine stores m; an empty Sessions is stored, and read back, as
+// "shared".
 func (q *queries) CreateMachine(ctx context.Context, m *deskrun.Machine) error {
+	s := subject{op: "create machine", kind: "machine", id: m.ID, name: m.Name}
+	sessions := m.Sessions
+	if sessions == "" {
+		sessions = sessionsShared
+	}
+	if err := checkSessions(m.ID, sessions); err != nil {
+		return err
+	}
 	_, err := q.w.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		m.ID, m.Name, m.OS, m.Arch, m.Kernel, m.AgentVersion, m.ProtocolVersion, string(m.JoinState),
-		m.Domain, m.Slots, blob(m.SigningKey), blob(m.SealKey), m.SealKeyID, string(m.State),
+		m.Domain, m.Slots, sessions, blob(m.SigningKey), blob(m.SealKey), m.SealKeyID, string(m.State),
 		nanos(m.LastSeen), m.OfflineReason, nanos(m.CreatedAt))
-	return interpretError(err, subject{op: "create machine", kind: "machine", id: m.ID, name: m.Name})
+	return interpretError(err, s)
+}
+
+func checkSessions(id, sessions string) error {
+	if sessions != sessionsShared && sessions != sessionsExclusive {
+		return deskrun.Errorf(deskrun.CodeInvalid, "machine %q: sessions must be %q or %q, not %q",
+			id, sessionsShared, sessionsExclusive, sessions)
+	}
+	return nil
 }
 
 func (q *queries) GetMachine(ctx context.Context, id string) (*deskrun.Machine, error) {
@@ -76,7 +101,8 @@ func (q *queries) ListMachines(ctx context.Context) ([]*deskrun.Machine, error) 
 }
 
 // UpdateMachineInfo stores what the agent reports about itself in its
-// hello. The name, keys, presence and creation time are not touched.
+// hello. The name, keys, presence, session policy and creation time are
+// not touched.
 func (q *queries) UpdateMachineInfo(ctx context.Context, m *deskrun.Machine) error {
 	res, err := q.w.ExecContext(ctx, `UPDATE machines SET os = ?, arch = ?, kernel = ?, agent_version = ?,
 		protocol_version = ?, join_state = ?, domain = ?, slots = ? WHERE id = ?`,
@@ -94,6 +120,16 @@ func (q *queries) MarkAllMachinesOffline(ctx context.Context, at time.Time, reas
 	_, err := q.w.ExecContext(ctx, `UPDATE machines SET state = ?, last_seen = ?, offline_reason = ? WHERE state <> ?`,
 		string(deskrun.MachineOffline), nanos(at), reason, string(deskrun.MachineOffline))
 	return interpretError(err, subject{op: "mark machines offline"})
+}
+
+// SetMachineSessions sets the machine's unattended-session policy, which
+// is an admin's choice and not the agent's report.
+func (q *queries) SetMachineSessions(ctx context.Context, id, sessions string) error {
+	if err := checkSessions(id, sessions); err != nil {
+		return err
+	}
+	res, err := q.w.ExecContext(ctx, `UPDATE machines SET sessions = ? WHERE id = ?`, sessions, id)
+	return mustAffect(res, err, subject{op: "set machine sessions", kind: "machine", id: id})
 }
 
 // DeleteMachine deletes a machine; its jobs go with it (ON DELETE CASCADE).

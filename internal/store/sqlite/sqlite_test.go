@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"testing/fstest"
@@ -65,7 +66,7 @@ func TestOpenDoesNotMigrate(t *testing.T) {
 
 	applied, err := db.Migrate(ctx)
 	require.NoError(t, err)
-	require.Equal(t, []int{1, 2, 3}, applied)
+	require.Equal(t, []int{1, 2, 3, 4}, applied)
 	applied, err = db.Migrate(ctx)
 	require.NoError(t, err)
 	require.Empty(t, applied, "migrations are idempotent")
@@ -80,7 +81,7 @@ func TestReopenKeepsData(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "deskrun.db")
 	db, err := Open(ctx, path, WithAutoMigrate())
 	require.NoError(t, err)
-	m := &deskrun.Machine{ID: "m_1", Name: "desk-01", State: deskrun.MachineOnline, SigningKey: []byte{1, 2, 3}}
+	m := &deskrun.Machine{ID: "m_1", Name: "desk-01", State: deskrun.MachineOnline, SigningKey: []byte{1, 2, 3}, Sessions: "exclusive"}
 	require.NoError(t, db.CreateMachine(ctx, m))
 	require.NoError(t, db.Close())
 
@@ -394,4 +395,14 @@ func TestConnectionWritesAreAtomic(t *testing.T) {
 	missing(db, "c_bad")
 	_, err = db.GetConnection(ctx, "c_next")
 	require.NoError(t, err)
+}
+
+// TestRunNotTerminalMatchesDomain keeps the SQL list of terminal run
+// states in step with deskrun.RunState.Terminal.
+func TestRunNotTerminalMatchesDomain(t *testing.T) {
+	t.Parallel()
+	for _, st := range []deskrun.RunState{deskrun.RunQueued, deskrun.RunAssigned, deskrun.RunLoggingOn, deskrun.RunRunning,
+		deskrun.RunSucceeded, deskrun.RunFailed, deskrun.RunCancelled, deskrun.RunTimedOut} {
+		require.Equal(t, st.Terminal(), strings.Contains(runNotTerminal, "'"+string(st)+"'"), st)
+	}
 }

@@ -34,6 +34,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Audit", auditTests},
 		{"ConnectionsInTx", connectionTxTests},
 		{"DesktopFlows", desktopFlowTests},
+		{"Runs", runTests},
+		{"RunLogs", runLogTests},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
@@ -74,6 +76,7 @@ func newMachine(name string) *deskrun.Machine {
 		JoinState:       deskrun.JoinSSSD,
 		Domain:          "test.example",
 		Slots:           2,
+		Sessions:        "exclusive",
 		SigningKey:      []byte("signing-key-32-bytes-long-000000"),
 		SealKey:         []byte{0, 1, 2, 3, 255},
 		SealKeyID:       "sk1",
@@ -159,7 +162,9 @@ var machineTests = map[string]func(t *testing.T, s store.Store){
 		require.NoError(t, s.CreateMachine(ctx, m))
 		got, err := s.GetMachine(ctx, m.ID)
 		require.NoError(t, err)
-		require.Equal(t, m, got, "nil keys and zero times read back as nil and zero")
+		want := *m
+		want.Sessions = "shared"
+		require.Equal(t, &want, got, "nil keys and zero times read back as nil and zero, no session policy as shared")
 	},
 	"NotFound": func(t *testing.T, s store.Store) {
 		ctx := t.Context()
@@ -227,6 +232,35 @@ var machineTests = map[string]func(t *testing.T, s store.Store){
 
 		hello.ID = "m_missing"
 		requireCode(t, s.UpdateMachineInfo(ctx, hello), deskrun.CodeNotFound)
+	},
+	"SetMachineSessions": func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		m := createMachine(t, s, "desk-01")
+		require.NoError(t, s.SetMachineSessions(ctx, m.ID, "shared"))
+		want := *m
+		want.Sessions = "shared"
+		got, err := s.GetMachine(ctx, m.ID)
+		require.NoError(t, err)
+		require.Equal(t, &want, got, "only the session policy changes")
+
+		// The agent's hello, which carries no policy, keeps the admin's.
+		require.NoError(t, s.SetMachineSessions(ctx, m.ID, "exclusive"))
+		hello := *m
+		hello.Sessions, hello.Slots = "", 8
+		require.NoError(t, s.UpdateMachineInfo(ctx, &hello))
+		got, err = s.GetMachine(ctx, m.ID)
+		require.NoError(t, err)
+		require.Equal(t, "exclusive", got.Sessions)
+		require.Equal(t, 8, got.Slots)
+
+		requireCode(t, s.SetMachineSessions(ctx, m.ID, "private"), deskrun.CodeInvalid)
+		requireCode(t, s.SetMachineSessions(ctx, m.ID, ""), deskrun.CodeInvalid)
+		requireCode(t, s.CreateMachine(ctx, &deskrun.Machine{ID: "m_bad", Name: "bad", Sessions: "private"}), deskrun.CodeInvalid)
+		got, err = s.GetMachine(ctx, m.ID)
+		require.NoError(t, err)
+		require.Equal(t, "exclusive", got.Sessions, "a refused policy changes nothing")
+
+		requireCode(t, s.SetMachineSessions(ctx, "m_missing", "shared"), deskrun.CodeNotFound)
 	},
 	"SetMachinePresence": func(t *testing.T, s store.Store) {
 		ctx := t.Context()

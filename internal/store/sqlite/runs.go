@@ -1,0 +1,315 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/store"
+)
+
+const runColumns = `id, flow, version, digest, connection_id, machine_id, job_id, priority, inputs, state,
+	placement_reason, screenshot_requested, outputs, exit_code, error, timings,
+	created_at, assigned_at, logon_at, started_at, finished_at, updated_at, queue_deadline`
+
+// runNotTerminal is the SQL condition that a run is still live, the
+// counterpart of deskrun.RunState.Terminal. UpdateRun carries it in its
+// WHERE clause, so the check and the write are one statement.
+const runNotTerminal = `state NOT IN ('succeeded', 'failed', 'cancelled', 'timed-out')`
+
+// DefaultRunLogLimit is the page ReadRunLog returns when limit is 0 or less.
+const DefaultRunLogLimit = 1000
+
+func scanRun(s scanner) (*deskrun.Run, error) {
+	var (
+		r                                           deskrun.Run
+		priority, state                             string
+		inputs, outputs, runErr, timings            sql.NullString
+		screenshot                                  bool
+		exitCode                                    sql.NullInt64
+		created, assigned, logon, started, fin, upd int64
+		queueDeadline                               int64
+	)
+	err := s.Scan(&r.ID, &r.Flow, &r.Version, &r.Digest, &r.ConnectionID, &r.MachineID, &r.JobID, &priority,
+		&inputs, &state, &r.PlacementReason, &screenshot, &outputs, &exitCode, &runErr, &timings,
+		&created, &assigned, &logon, &started, &fin, &upd, &queueDeadline)
+	if err != nil {
+		return nil, err
+	}
+	r.Priority = deskrun.Priority(priority)
+	r.State = deskrun.RunState(state)
+	r.Screenshot = screenshot
+	r.Inputs = rawJSON(inputs)
+	r.Outputs = rawJSON(outputs)
+	r.Timings = rawJSON(timings)
+	if exitCode.Valid {
+		code := int(exitCode.Int64)
+		r.ExitCode = &code
+	}
+	if runErr.String != "" {
+		r.Error = new(deskrun.Error)
+		if err := json.Unmarshal([]byte(runErr.String), r.Error); err != nil {
+			return nil, fmt.Errorf("decode error of run %s: %w", r.ID, err)
+		}
+	}
+	r.CreatedAt = fromNanos(created)
+	r.AssignedAt = fromNanos(assigned)
+	r.LogonAt = fromNanos(logon)
+	r.StartedAt = fromNanos(started)
+	r.FinishedAt = fromNanos(fin)
+	r.UpdatedAt = fromNanos(upd)
+	r.QueueDeadline = fromNanos(queueDeadline)
+	return &r, nil
+}
+
+// rawJSON reads a JSON column: NULL (or empty) is nil.
+func rawJSON(s sql.NullString) json.RawMessage {
+	if s.String == "" {
+		return nil
+	}
+	return json.RawMessage(s.String)
+}
+
+// exitCode stores a nil exit code as NULL.
+func exitCode(c *int) any {
+	if c == nil {
+		return nil
+	}
+	return int64(*c)
+}
+
+// CreateRun stores a new run. Its id must come from deskrun.NewID, which
+// sorts by time: the queue's age order is its ids' order.
+func (q *queries) CreateRun(ctx context.Context, r *deskrun.Run) error {
+	s := subject{op: "create run", kind: "run", id: r.ID}
+	if r.ID == "" || r.Flow == "" || r.State == "" {
+		return deskrun.Errorf(deskrun.CodeInvalid, "a run needs an id, a flow and a state")
+	}
+	if r.Priority != deskrun.PriorityHigh && r.Priority != deskrun.PriorityNormal {
+		return deskrun.Errorf(deskrun.CodeInvalid, "run %q: priority must be %q or %q, not %q",
+			r.ID, deskrun.PriorityHigh, deskrun.PriorityNormal, r.Priority)
+	}
+	runErr, err := errorJSON(r.Error)
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.op, err)
+	}
+	_, err = q.w.ExecContext(ctx, `INSERT INTO runs (`+runColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.ID, r.Flow, r.Version, r.Digest, r.ConnectionID, r.MachineID, r.JobID, string(r.Priority),
+		text(r.Inputs), string(r.State), r.PlacementReason, r.Screenshot, text(r.Outputs), exitCode(r.ExitCode),
+		runErr, text(r.Timings), nanos(r.CreatedAt), nanos(r.AssignedAt), nanos(r.LogonAt), nanos(r.StartedAt),
+		nanos(r.FinishedAt), nanos(r.UpdatedAt), nanos(r.QueueDeadline))
+	return interpretError(err, s)
+}
+
+func (q *queries) GetRun(ctx context.Context, id string) (*deskrun.Run, error) {
+	r, err := scanRun(q.r.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE id = ?`, id))
+	if err != nil {
+		return nil, interpretError(err, subject{op: "get run", kind: "run", id: id})
+	}
+	return r, nil
+}
+
+// GetRunByJob finds the run a job carries. The empty job id, which every
+// run not yet assigned has, names no run.
+func (q *queries) GetRunByJob(ctx context.Context, jobID string) (*deskrun.Run, error) {
+	notFound := deskrun.Errorf(deskrun.CodeNotFound, "no run for job %q", jobID)
+	if jobID == "" {
+		return nil, notFound
+	}
+	r, err := scanRun(q.r.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE job_id = ?
+		ORDER BY id DESC LIMIT 1`, jobID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, notFound
+	}
+	if err != nil {
+		return nil, interpretError(err, subject{op: "get run by job"})
+	}
+	return r, nil
+}
+
+// ListRuns returns runs newest first (by id); every field of f that is
+// not empty filters; a Limit of 0 or less means DefaultJobLimit.
+func (q *queries) ListRuns(ctx context.Context, f store.RunFilter) ([]*deskrun.Run, error) {
+	var (
+		where []string
+		args  []any
+	)
+	if len(f.States) > 0 {
+		where = append(where, "state IN (?"+strings.Repeat(", ?", len(f.States)-1)+")")
+		for _, st := range f.States {
+			args = append(args, string(st))
+		}
+	}
+	for _, c := range []struct{ column, value string }{
+		{"flow", f.Flow}, {"machine_id", f.MachineID}, {"connection_id", f.ConnectionID},
+	} {
+		if c.value != "" {
+			where = append(where, c.column+" = ?")
+			args = append(args, c.value)
+		}
+	}
+	query := `SELECT ` + runColumns + ` FROM runs`
+	if len(where) > 0 {
+		query += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	query += ` ORDER BY id DESC LIMIT ?`
+	return q.queryRuns(ctx, subject{op: "list runs"}, query, append(args, limitOr(f.Limit, store.DefaultJobLimit))...)
+}
+
+// ListQueuedRuns returns queued runs in placement order: high priority
+// first, then oldest (smallest id) first. A limit of 0 or less means
+// DefaultJobLimit.
+func (q *queries) ListQueuedRuns(ctx context.Context, limit int) ([]*deskrun.Run, error) {
+	return q.queryRuns(ctx, subject{op: "list queued runs"}, `SELECT `+runColumns+` FROM runs WHERE state = ?
+		ORDER BY (priority = ?) DESC, id ASC LIMIT ?`,
+		string(deskrun.RunQueued), string(deskrun.PriorityHigh), limitOr(limit, store.DefaultJobLimit))
+}
+
+func (q *queries) queryRuns(ctx context.Context, s subject, query string, args ...any) ([]*deskrun.Run, error) {
+	rows, err := q.r.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, interpretError(err, s)
+	}
+	defer rows.Close()
+	var rs []*deskrun.Run
+	for rows.Next() {
+		r, err := scanRun(rows)
+		if err != nil {
+			return nil, interpretError(err, s)
+		}
+		rs = append(rs, r)
+	}
+	return rs, interpretError(rows.Err(), s)
+}
+
+func limitOr(limit, def int) int {
+	if limit <= 0 {
+		return def
+	}
+	return limit
+}
+
+// UpdateRun writes the mutable fields of r in one conditional UPDATE: of
+// two callers racing to finish the same run exactly one gets true. The
+// flow, version, digest, connection, priority, inputs, screenshot request
+// and creation time are not written.
+func (q *queries) UpdateRun(ctx context.Context, r *deskrun.Run) (bool, error) {
+	s := subject{op: "update run", kind: "run", id: r.ID}
+	runErr, err := errorJSON(r.Error)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", s.op, err)
+	}
+	res, err := q.w.ExecContext(ctx, `UPDATE runs SET state = ?, machine_id = ?, job_id = ?, placement_reason = ?,
+		outputs = ?, exit_code = ?, error = ?, timings = ?, assigned_at = ?, logon_at = ?, started_at = ?,
+		finished_at = ?, updated_at = ?, queue_deadline = ? WHERE id = ? AND `+runNotTerminal,
+		string(r.State), r.MachineID, r.JobID, r.PlacementReason, text(r.Outputs), exitCode(r.ExitCode), runErr,
+		text(r.Timings), nanos(r.AssignedAt), nanos(r.LogonAt), nanos(r.StartedAt), nanos(r.FinishedAt),
+		nanos(r.UpdatedAt), nanos(r.QueueDeadline), r.ID)
+	if err != nil {
+		return false, interpretError(err, s)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, interpretError(err, s)
+	}
+	if n > 0 {
+		return true, nil
+	}
+	// Terminal (false, nil) or missing (CodeNotFound).
+	var one int
+	err = q.w.QueryRowContext(ctx, `SELECT 1 FROM runs WHERE id = ?`, r.ID).Scan(&one)
+	return false, interpretError(err, s)
+}
+
+// AppendRunLog stores chunks in one transaction (a savepoint inside the
+// caller's); a chunk whose seq the run has already is skipped, so a batch
+// resent after a reconnect stores each chunk once. A missing run is
+// CodeNotFound.
+func (q *queries) AppendRunLog(ctx context.Context, runID string, chunks []deskrun.LogChunk) error {
+	s := subject{op: "append run log", kind: "run", id: runID, ref: fmt.Sprintf("run %q", runID)}
+	if len(chunks) == 0 {
+		return nil
+	}
+	err := q.atomic(ctx, func(q *queries) error {
+		for _, c := range chunks {
+			if _, err := q.w.ExecContext(ctx, `INSERT INTO run_logs (run_id, seq, stream, data, at)
+				VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING`,
+				runID, c.Seq, c.Stream, blob(c.Data), nanos(c.At)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return interpretError(err, s)
+}
+
+// ReadRunLog returns up to limit (0 or less: DefaultRunLogLimit) chunks
+// with Seq > afterSeq, in Seq order. It reads the run and its chunks in one
+// statement, so a missing run is CodeNotFound and a run without (further)
+// output an empty page.
+func (q *queries) ReadRunLog(ctx context.Context, runID string, afterSeq int64, limit int) ([]deskrun.LogChunk, error) {
+	s := subject{op: "read run log", kind: "run", id: runID}
+	rows, err := q.r.QueryContext(ctx, `SELECT l.seq, l.stream, l.data, l.at
+		FROM runs r LEFT JOIN run_logs l ON l.run_id = r.id AND l.seq > ?
+		WHERE r.id = ? ORDER BY l.seq LIMIT ?`, afterSeq, runID, limitOr(limit, DefaultRunLogLimit))
+	if err != nil {
+		return nil, interpretError(err, s)
+	}
+	defer rows.Close()
+	var (
+		chunks []deskrun.LogChunk
+		found  bool
+	)
+	for rows.Next() {
+		found = true
+		var (
+			seq, at sql.NullInt64
+			stream  sql.NullString
+			data    []byte
+		)
+		if err := rows.Scan(&seq, &stream, &data, &at); err != nil {
+			return nil, interpretError(err, s)
+		}
+		if !seq.Valid {
+			continue // the run's row without a chunk
+		}
+		chunks = append(chunks, deskrun.LogChunk{Seq: seq.Int64, Stream: stream.String, Data: nonEmpty(data), At: fromNanos(at.Int64)})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, interpretError(err, s)
+	}
+	if !found {
+		return nil, interpretError(sql.ErrNoRows, s)
+	}
+	return chunks, nil
+}
+
+// SaveRunScreenshot stores a run's screenshot, replacing the one it had.
+// The run must exist (CodeNotFound otherwise) and png must not be empty.
+func (q *queries) SaveRunScreenshot(ctx context.Context, runID string, png []byte) error {
+	s := subject{op: "save run screenshot", kind: "run", id: runID, ref: fmt.Sprintf("run %q", runID)}
+	if len(png) == 0 {
+		return deskrun.Errorf(deskrun.CodeInvalid, "run %q: the screenshot is empty", runID)
+	}
+	_, err := q.w.ExecContext(ctx, `INSERT INTO run_screenshots (run_id, png, at) VALUES (?, ?, ?)
+		ON CONFLICT (run_id) DO UPDATE SET png = excluded.png, at = excluded.at`,
+		runID, png, time.Now().UnixNano())
+	return interpretError(err, s)
+}
+
+// GetRunScreenshot returns a run's screenshot; a run without one (or no
+// run) is CodeNotFound.
+func (q *queries) GetRunScreenshot(ctx context.Context, runID string) ([]byte, error) {
+	var png []byte
+	err := q.r.QueryRowContext(ctx, `SELECT png FROM run_screenshots WHERE run_id = ?`, runID).Scan(&png)
+	if err != nil {
+		return nil, interpretError(err, subject{op: "get run screenshot", kind: "screenshot of run", id: runID})
+	}
+	return png, nil
+}
