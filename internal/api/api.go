@@ -41,6 +41,9 @@ type API struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	metrics *metrics
+	// bodyLimits are the routes whose body limit is not
+	// cfg.MaxBodyBytes, by pattern.
+	bodyLimits map[string]int64
 }
 
 type metrics struct {
@@ -81,6 +84,15 @@ func (a *API) route(pattern string, role deskrun.Role, h func(w http.ResponseWri
 	})
 }
 
+// bodyLimit gives the route pattern a body limit other than
+// Config.MaxBodyBytes; ServeHTTP applies it before the handler runs.
+func (a *API) bodyLimit(pattern string, n int64) {
+	if a.bodyLimits == nil {
+		a.bodyLimits = map[string]int64{}
+	}
+	a.bodyLimits[pattern] = n
+}
+
 func (a *API) routes() {
 	a.route("GET /api/v1/openapi.json", "", a.openAPI)
 	a.route("POST /api/v1/agent/enroll", "", a.enroll)
@@ -102,6 +114,8 @@ func (a *API) routes() {
 	a.route("POST /api/v1/connections/{connection}/test", deskrun.RoleMaker, a.testConnection)
 	a.route("GET /api/v1/audit", deskrun.RoleAdmin, a.listAudit)
 
+	a.desktopFlowRoutes()
+
 	a.route("POST /api/v1/jobs", deskrun.RoleMaker, a.createJob)
 	a.route("GET /api/v1/jobs", deskrun.RoleViewer, a.listJobs)
 	a.route("GET /api/v1/jobs/{job}", deskrun.RoleViewer, a.getJob)
@@ -118,11 +132,15 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("X-Request-Id", rid)
 	r = r.WithContext(context.WithValue(r.Context(), ridKey{}, rid))
+	_, pattern := a.mux.Handler(r)
 	if r.Body != nil {
-		r.Body = http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes)
+		limit, ok := a.bodyLimits[pattern]
+		if !ok {
+			limit = a.cfg.MaxBodyBytes
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
 	}
 	sw := &statusWriter{ResponseWriter: w, status: 200}
-	_, pattern := a.mux.Handler(r)
 	defer func() {
 		if p := recover(); p != nil {
 			// Log the panic's type and location only: its value could hold
@@ -206,7 +224,8 @@ func bearer(r *http.Request) string {
 // that does.
 func StatusOf(code string) int {
 	switch code {
-	case deskrun.CodeInvalid, deskrun.CodeMalformedJSON:
+	case deskrun.CodeInvalid, deskrun.CodeMalformedJSON, deskrun.CodeDesktopFlowInvalid, deskrun.CodeDesktopFlowInputInvalid,
+		deskrun.CodeDesktopFlowPackageInvalid:
 		return http.StatusBadRequest
 	case deskrun.CodeUnauthorized, deskrun.CodeEnrollmentTokenInvalid, deskrun.CodeEnrollmentTokenExpired,
 		deskrun.CodeEnrollmentTokenUsedUp, deskrun.CodeAgentAuthFailed:
@@ -223,7 +242,7 @@ func StatusOf(code string) int {
 		return http.StatusUnprocessableEntity
 	case deskrun.CodeConnectionTestTimeout:
 		return http.StatusGatewayTimeout
-	case deskrun.CodeBodyTooLarge:
+	case deskrun.CodeBodyTooLarge, deskrun.CodeDesktopFlowPackageTooLarge:
 		return http.StatusRequestEntityTooLarge
 	case deskrun.CodeWindowsIdentityIncorrect:
 		return http.StatusUnprocessableEntity

@@ -312,3 +312,65 @@ func (c *Client) Audit(ctx context.Context, connection, action string, limit int
 	err := c.Do(ctx, http.MethodGet, "/api/v1/audit?"+q.Encode(), nil, &out)
 	return out.Events, err
 }
+
+// PushDesktopFlow uploads a package made by desktopflow.Pack. created is
+// false when the package is the flow's latest version already (nothing
+// new was stored).
+func (c *Client) PushDesktopFlow(ctx context.Context, archive []byte) (flow *wire.DesktopFlow, created bool, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/api/v1/desktopflows", bytes.NewReader(archive))
+	if err != nil {
+		return nil, false, err
+	}
+	req.Header.Set("Content-Type", "application/gzip")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, false, &deskrun.Error{Code: deskrun.CodeUnavailable, Message: fmt.Sprintf("cannot reach the server at %s: %v", c.base, err),
+			Resolution: "Check that the server runs (`deskrun dev` or `deskrun server`) and that --server is right."}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, false, err
+	}
+	if resp.StatusCode >= 300 {
+		var env wire.ErrorEnvelope
+		if json.Unmarshal(b, &env) == nil && env.Error != nil && env.Error.Code != "" {
+			return nil, false, env.Error
+		}
+		return nil, false, &deskrun.Error{Code: deskrun.CodeInternal, Message: fmt.Sprintf("HTTP %d from POST /api/v1/desktopflows", resp.StatusCode)}
+	}
+	var out wire.DesktopFlow
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, false, fmt.Errorf("decode answer of POST /api/v1/desktopflows: %w", err)
+	}
+	return &out, resp.StatusCode == http.StatusCreated, nil
+}
+
+// DesktopFlows lists the latest version of every desktop flow.
+func (c *Client) DesktopFlows(ctx context.Context) ([]wire.DesktopFlow, error) {
+	var out wire.DesktopFlowList
+	err := c.Do(ctx, http.MethodGet, "/api/v1/desktopflows", nil, &out)
+	return out.DesktopFlows, err
+}
+
+// DesktopFlow shows a desktop flow: its latest version and its versions.
+func (c *Client) DesktopFlow(ctx context.Context, name string) (*wire.DesktopFlowDetail, error) {
+	var out wire.DesktopFlowDetail
+	err := c.Do(ctx, http.MethodGet, "/api/v1/desktopflows/"+url.PathEscape(name), nil, &out)
+	return &out, err
+}
+
+// DesktopFlowVersion shows one version of a desktop flow.
+func (c *Client) DesktopFlowVersion(ctx context.Context, name string, version int) (*wire.DesktopFlow, error) {
+	var out wire.DesktopFlow
+	err := c.Do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/desktopflows/%s/versions/%d", url.PathEscape(name), version), nil, &out)
+	return &out, err
+}
+
+// DeleteDesktopFlow deletes every version of a desktop flow.
+func (c *Client) DeleteDesktopFlow(ctx context.Context, name string) error {
+	return c.Do(ctx, http.MethodDelete, "/api/v1/desktopflows/"+url.PathEscape(name), nil, nil)
+}

@@ -399,6 +399,8 @@ func TestOpenAPIMatchesResponses(t *testing.T) {
 	tok, err := e.admin.CreateToken(t.Context(), wire.TokenCreate{Kind: "api", Role: "viewer", Name: "to revoke"})
 	require.NoError(t, err)
 
+	hello := examplePackage(t)
+
 	reqs := []struct{ method, path, body string }{
 		{"GET", "/healthz", ""},
 		{"GET", "/readyz", ""},
@@ -416,6 +418,15 @@ func TestOpenAPIMatchesResponses(t *testing.T) {
 		{"GET", "/api/v1/jobs/" + job.ID + "?wait=5s", ""},
 		{"GET", "/api/v1/jobs?machine=oa&limit=10", ""},
 		{"POST", "/api/v1/jobs/" + job.ID + "/cancel", ""},
+		{"POST", "/api/v1/desktopflows", hello},
+		{"POST", "/api/v1/desktopflows", hello},
+		{"POST", "/api/v1/desktopflows", "not a package"},
+		{"GET", "/api/v1/desktopflows", ""},
+		{"GET", "/api/v1/desktopflows/hello", ""},
+		{"GET", "/api/v1/desktopflows/hello/versions/1", ""},
+		{"GET", "/api/v1/desktopflows/hello/versions/9", ""},
+		{"DELETE", "/api/v1/desktopflows/hello", ""},
+		{"GET", "/api/v1/desktopflows/hello", ""},
 		{"GET", "/api/v1/openapi.json", ""},
 	}
 	for _, rq := range reqs {
