@@ -104,6 +104,7 @@ Start here:  deskrun dev`,
 	for _, c := range []*cobra.Command{
 		newMachineCmd(a),
 		newConnectionCmd(a),
+		newDesktopFlowCmd(a),
 		newAuditCmd(a),
 		newTokenCmd(a),
 		newJobCmd(a),
