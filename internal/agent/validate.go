@@ -74,16 +74,30 @@ func (a *Agent) validate(ctx context.Context, raw json.RawMessage, _ func(string
 }
 
 func (a *Agent) logon(ctx context.Context, p *wire.ValidatePayload) (*wire.ValidateOutput, error) {
+	res, _, err := a.openCredential(ctx, p, false)
+	if err != nil {
+		return nil, err
+	}
+	out := &wire.ValidateOutput{Identity: wireIdentity(res.Identity), Warnings: wireWarnings(res.Warnings)}
+	return out, nil
+}
+
+// openCredential opens a sealed credential and logs its user on, under the
+// guard: validate jobs and desktop runs share this one path. With session
+// set and a provider that is an identity.SessionOpener, it also opens the
+// logon session (PAM open_session) and returns it; the caller closes it.
+// The password is zeroed before it returns.
+func (a *Agent) openCredential(ctx context.Context, p *wire.ValidatePayload, session bool) (*identity.Result, identity.Session, error) {
 	if a.Logon == nil {
-		return nil, identity.Fail(identity.ReasonProviderUnavailable, nil)
+		return nil, nil, identity.Fail(identity.ReasonProviderUnavailable, nil)
 	}
 	lt, err := identity.ParseLogonType(p.LogonType)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	name, err := identity.ParseNameOn(p.Username, deskrun.JoinState(a.Info.JoinState), a.Info.Domain)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	k := a.guard.key(p)
 	unlock, failed := a.guard.lock(k)
@@ -92,34 +106,50 @@ func (a *Agent) logon(ctx context.Context, p *wire.ValidatePayload) (*wire.Valid
 		e := *failed
 		e.Code, e.Reason = deskrun.CodeConnectionBroken, failed.Reason
 		e.Message = "this machine's agent already saw this credential fail (" + failed.Reason + ") and will not try it again: " + failed.Message
-		return nil, &e
+		return nil, nil, &e
 	}
 	if p.KeyID != seal.KeyID(a.sealPublic) {
-		return nil, sealInvalid("the credential was sealed to key " + p.KeyID + ", not to this machine's key " + seal.KeyID(a.sealPublic))
+		return nil, nil, sealInvalid("the credential was sealed to key " + p.KeyID + ", not to this machine's key " + seal.KeyID(a.sealPublic))
 	}
 	pw, err := seal.Open(a.id.SealKey, deskrun.SealInfo(p.ConnectionID, p.MachineID), p.Ciphertext)
 	if err != nil || p.MachineID != a.id.MachineID {
-		return nil, sealInvalid("the credential does not open with this machine's key and this connection's binding")
+		return nil, nil, sealInvalid("the credential does not open with this machine's key and this connection's binding")
 	}
 	defer seal.Zero(pw)
 	if err := identity.CheckPassword(pw); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	res, err := a.Logon.Logon(ctx, identity.Request{Name: name, Password: pw, Type: lt})
+	req := identity.Request{Name: name, Password: pw, Type: lt}
+	var res *identity.Result
+	var sess identity.Session
+	if so, ok := a.Logon.(identity.SessionOpener); ok && session {
+		if sess, err = so.OpenSession(ctx, req); err == nil {
+			res = sess.Result()
+		}
+	} else {
+		res, err = a.Logon.Logon(ctx, req)
+	}
 	if err != nil {
 		var de *deskrun.Error
 		if errors.As(err, &de) && de.Definitive {
 			a.guard.fail(k, de)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	a.guard.fail(k, nil) // a success clears an earlier failure (forced re-test)
-	out := &wire.ValidateOutput{Identity: wire.ValidateIdentity{Username: res.Identity.Username, UID: res.Identity.UID,
-		GID: res.Identity.GID, Groups: res.Identity.Groups, Home: res.Identity.Home, Shell: res.Identity.Shell}}
-	for _, w := range res.Warnings {
-		out.Warnings = append(out.Warnings, wire.ValidateWarning{Reason: w.Reason, Days: w.Days, Message: w.Message})
+	return res, sess, nil
+}
+
+func wireIdentity(id identity.Identity) wire.ValidateIdentity {
+	return wire.ValidateIdentity{Username: id.Username, UID: id.UID, GID: id.GID, Groups: id.Groups, Home: id.Home, Shell: id.Shell}
+}
+
+func wireWarnings(ws []identity.Warning) []wire.ValidateWarning {
+	var out []wire.ValidateWarning
+	for _, w := range ws {
+		out = append(out, wire.ValidateWarning{Reason: w.Reason, Days: w.Days, Message: w.Message})
 	}
-	return out, nil
+	return out
 }
 
 func sealInvalid(detail string) error {
