@@ -26,7 +26,10 @@ import (
 )
 
 // Executor runs one kind of job. progress may be called any number of
-// times. The returned error should be a *deskrun.Error.
+// times. The returned error should be a *deskrun.Error; an output returned
+// along with an error is sent with it (a failed desktop flow still has an
+// exit code, its last lines and a screenshot). ctx carries the job's id
+// for frames that name it (log frames).
 type Executor func(ctx context.Context, payload json.RawMessage, progress func(string)) (json.RawMessage, error)
 
 // Agent connects to its server and runs jobs.
@@ -42,9 +45,18 @@ type Agent struct {
 	ProtocolVersion int
 	// OnConnected is called after each successful handshake (tests, dev).
 	OnConnected func()
-	// Logon logs users on for "validate" jobs (and, later, runs): the PAM
+	// Logon logs users on for "validate" and "desktop" jobs: the PAM
 	// provider on Linux. Nil: such jobs fail with LogonProviderUnavailable.
 	Logon identity.Provider
+	// FetchPackage, if set, replaces the signed HTTPS download of a desktop
+	// flow's package by digest (tests).
+	FetchPackage func(ctx context.Context, digest string) ([]byte, error)
+	// RunAsExecutable is the deskrun binary re-executed to drop to a run's
+	// user (runas.Spec.Executable); empty means this process's binary.
+	RunAsExecutable string
+
+	// sendFrame, if set, replaces sendIfConnected for log frames (tests).
+	sendFrame func(*wire.Frame)
 
 	id         *Identity
 	sealPublic []byte
@@ -103,6 +115,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if _, ok := a.Executors[deskrun.JobValidate]; !ok {
 		a.Executors[deskrun.JobValidate] = a.validate
+	}
+	if _, ok := a.Executors[wire.JobDesktop]; !ok {
+		a.Executors[wire.JobDesktop] = a.desktopRun
 	}
 	if a.MinBackoff == 0 {
 		a.MinBackoff = 200 * time.Millisecond
@@ -320,13 +335,16 @@ func (a *Agent) execute(ctx context.Context, cancel context.CancelFunc, j *wire.
 		progress := func(msg string) {
 			a.sendIfConnected(&wire.Frame{Type: wire.FrameProgress, Progress: &wire.JobProgress{ID: j.ID, Message: msg}})
 		}
-		out, err := ex(ctx, j.Payload, progress)
+		out, err := ex(withJobID(ctx, j.ID), j.Payload, progress)
 		if err != nil {
 			var de *deskrun.Error
 			if !errors.As(err, &de) {
 				de = &deskrun.Error{Code: deskrun.CodeInternal, Message: err.Error()}
 			}
-			res.Error = de
+			// An executor may return an output with its error (a desktop
+			// flow that failed still has an exit code, last lines and a
+			// screenshot); the server stores both.
+			res.Error, res.Output = de, out
 		} else {
 			res.OK, res.Output = true, out
 		}
