@@ -116,6 +116,8 @@ func (a *API) routes() {
 
 	a.desktopFlowRoutes()
 
+	a.runRoutes()
+
 	a.route("POST /api/v1/jobs", deskrun.RoleMaker, a.createJob)
 	a.route("GET /api/v1/jobs", deskrun.RoleViewer, a.listJobs)
 	a.route("GET /api/v1/jobs/{job}", deskrun.RoleViewer, a.getJob)
@@ -232,6 +234,8 @@ func StatusOf(code string) int {
 		return http.StatusUnauthorized
 	case deskrun.CodeForbidden:
 		return http.StatusForbidden
+	case deskrun.CodeNoCandidateMachine, deskrun.CodeSessionExistsUnattended, deskrun.CodeAttendedUserNotLoggedIn:
+		return http.StatusConflict
 	case deskrun.CodeNotFound, deskrun.CodeRouteNotFound:
 		return http.StatusNotFound
 	case deskrun.CodeMethodNotAllowed:

@@ -21,7 +21,7 @@ desktop, timeout) and the files it runs. Pushing it packs the directory here, ch
 the manifest (errors name the file, line and column), and uploads the package; the
 server keeps every version, addressed by the SHA-256 of its content.`,
 	}
-	c.AddCommand(newDesktopFlowPushCmd(a), newDesktopFlowListCmd(a), newDesktopFlowShowCmd(a), newDesktopFlowDeleteCmd(a))
+	c.AddCommand(newDesktopFlowPushCmd(a), newDesktopFlowRunCmd(a), newDesktopFlowListCmd(a), newDesktopFlowShowCmd(a), newDesktopFlowDeleteCmd(a))
 	return c
 }
 

@@ -106,6 +106,7 @@ Start here:  deskrun dev`,
 		newConnectionCmd(a),
 		newDesktopFlowCmd(a),
 		newAuditCmd(a),
+		newRunCmd(a),
 		newTokenCmd(a),
 		newJobCmd(a),
 	} {
@@ -154,6 +155,10 @@ func printError(w io.Writer, err error, asJSON bool) int {
 	if errors.As(err, &ue) || isCobraUsage(err) {
 		fmt.Fprintf(w, "error: %v\nRun with --help for usage.\n", err)
 		return ExitUsage
+	}
+	var se *silentError
+	if errors.As(err, &se) {
+		return ExitFailed
 	}
 	var de *deskrun.Error
 	if !errors.As(err, &de) {

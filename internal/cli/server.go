@@ -37,6 +37,12 @@ func addServerFlags(fs *pflag.FlagSet, sf *serverFlags, withFile bool) {
 	fs.Int64("max-body-bytes", d.MaxBodyBytes, "largest accepted API request body")
 	fs.String("log-level", d.LogLevel, "debug, info, warn or error")
 	fs.String("sqlite-sync", d.SQLiteSync, "SQLite synchronous mode: FULL (durable) or NORMAL")
+	fs.Duration("connection-test-timeout", d.ConnectionTestTimeout, "how long a test logon on a machine may take")
+	fs.Int("expiry-warn-days", d.ExpiryWarnDays, "a password expiring within this many days makes its connection \"expiring\"")
+	fs.Duration("retest-interval", d.RetestInterval, "re-test connections not tested for this long (0: never)")
+	fs.String("notify-url", "", "webhook for connection.broken / connection.expiring (secret: DESKRUN_NOTIFY_SECRET)")
+	fs.Duration("queue-timeout", d.QueueTimeout, "a run not placed within this fails with NoCandidateMachine")
+	fs.Int64("max-run-log-bytes", d.MaxRunLogBytes, "output stored per run; the rest is dropped with a note")
 }
 
 // serverConfig resolves the configuration of a server command.

@@ -313,6 +313,32 @@ func (c *Client) Audit(ctx context.Context, connection, action string, limit int
 	return out.Events, err
 }
 
+// Stream GETs path and returns the body for the caller to read and close
+// (log follows, screenshots); an error status comes back as *deskrun.Error.
+func (c *Client) Stream(ctx context.Context, path string) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, &deskrun.Error{Code: deskrun.CodeUnavailable, Message: fmt.Sprintf("cannot reach the server at %s: %v", c.base, err)}
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		var env wire.ErrorEnvelope
+		if json.Unmarshal(b, &env) == nil && env.Error != nil && env.Error.Code != "" {
+			return nil, env.Error
+		}
+		return nil, &deskrun.Error{Code: deskrun.CodeInternal, Message: fmt.Sprintf("HTTP %d from GET %s", resp.StatusCode, path)}
+	}
+	return resp.Body, nil
+}
+
 // PushDesktopFlow uploads a package made by desktopflow.Pack. created is
 // false when the package is the flow's latest version already (nothing
 // new was stored).

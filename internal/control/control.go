@@ -37,8 +37,11 @@ type Service struct {
 	// Conn is the connection policy; Notify sends webhooks (may be nil).
 	Conn   ConnectionPolicy
 	Notify *notify.Notifier
+	// Runs is the run-queue policy.
+	Runs RunPolicy
 
 	connLocks keyedMutex
+	sched     scheduler
 }
 
 func (s *Service) now() time.Time { return s.Now() }

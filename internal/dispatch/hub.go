@@ -49,6 +49,16 @@ func DefaultConfig() Config {
 	return Config{HeartbeatInterval: 10 * time.Second, HeartbeatMisses: 3, Lease: 60 * time.Second, HelloTimeout: 10 * time.Second}
 }
 
+// Listener hears what happens to jobs and agents, for the layers built
+// on jobs (desktop-flow runs). Its methods are called on the hub's
+// goroutines and must not block for long.
+type Listener interface {
+	AgentConnected(ctx context.Context, machineID string)
+	JobProgress(ctx context.Context, jobID, message string)
+	JobLog(ctx context.Context, chunk *wire.LogChunk)
+	JobFinished(ctx context.Context, jobID string, state deskrun.JobState, output []byte, jobErr *deskrun.Error)
+}
+
 // Hub runs agent connections and pushes jobs to them.
 type Hub struct {
 	cfg     Config
@@ -56,6 +66,8 @@ type Hub struct {
 	log     *slog.Logger
 	now     func() time.Time
 	metrics *Metrics
+	// Listener, when set (before Start), hears job and agent events.
+	Listener Listener
 
 	mu       sync.Mutex
 	machines map[string]*machineState
@@ -284,6 +296,9 @@ func (h *Hub) finish(ctx context.Context, id string, ok bool, output []byte, job
 	}
 	if applied {
 		h.metrics.jobsFinished.WithLabelValues(string(state)).Inc()
+		if h.Listener != nil {
+			h.Listener.JobFinished(ctx, id, state, output, jobErr)
+		}
 		h.notify(id)
 	}
 	return applied, nil
@@ -442,6 +457,9 @@ func (h *Hub) register(ctx context.Context, c *agentConn, mach *deskrun.Machine,
 		return "write welcome: " + err.Error()
 	}
 	h.reconcile(ctx, c, hello.Held, active, queued)
+	if h.Listener != nil {
+		h.Listener.AgentConnected(ctx, mach.ID)
+	}
 	return ""
 }
 
@@ -531,6 +549,13 @@ func (h *Hub) handle(ctx context.Context, c *agentConn, f *wire.Frame) {
 			if err := h.store.SetJobProgress(ctx, f.Progress.ID, f.Progress.Message, h.now()); err != nil {
 				h.log.Error("progress", "job_id", f.Progress.ID, "err", err)
 			}
+			if h.Listener != nil {
+				h.Listener.JobProgress(ctx, f.Progress.ID, f.Progress.Message)
+			}
+		}
+	case wire.FrameLog:
+		if f.Log != nil && h.Listener != nil {
+			h.Listener.JobLog(ctx, f.Log)
 		}
 	case wire.FrameResult:
 		if f.Result != nil {

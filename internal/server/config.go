@@ -62,6 +62,12 @@ type Config struct {
 	// signed with HMAC-SHA256 over NotifySecret (X-Deskrun-Signature).
 	NotifyURL    string `yaml:"notify_url"`
 	NotifySecret string `yaml:"notify_secret"`
+
+	// QueueTimeout: a run not placed within it fails with
+	// NoCandidateMachine and the last placement reason.
+	QueueTimeout time.Duration `yaml:"queue_timeout"`
+	// MaxRunLogBytes bounds the output stored per run.
+	MaxRunLogBytes int64 `yaml:"max_run_log_bytes"`
 }
 
 // DefaultConfig returns the defaults.
@@ -78,6 +84,8 @@ func DefaultConfig() Config {
 		ConnectionTestTimeout: 60 * time.Second,
 		ExpiryWarnDays:        14,
 		RetestInterval:        24 * time.Hour,
+		QueueTimeout:          12 * time.Hour,
+		MaxRunLogBytes:        64 << 20,
 	}
 }
 
@@ -164,6 +172,9 @@ func (c *Config) Validate() error {
 	case "FULL", "NORMAL":
 	default:
 		bad("sqlite_sync %q: use FULL or NORMAL", c.SQLiteSync)
+	}
+	if c.QueueTimeout <= 0 || c.MaxRunLogBytes < 1024 {
+		bad("queue_timeout must be positive and max_run_log_bytes at least 1024")
 	}
 	if c.ConnectionTestTimeout < time.Second {
 		bad("connection_test_timeout %s is too short (minimum 1s)", c.ConnectionTestTimeout)

@@ -52,11 +52,13 @@ type Server struct {
 	// AdminToken is set when this start created the bootstrap token.
 	AdminToken string
 
-	retest   *time.Timer
-	http     *http.Server
-	ln       net.Listener
-	done     chan struct{}
-	stopOnce sync.Once
+	retest    *time.Timer
+	schedCtx  context.Context
+	schedStop context.CancelFunc
+	http      *http.Server
+	ln        net.Listener
+	done      chan struct{}
+	stopOnce  sync.Once
 }
 
 // Start opens the store, migrates it, makes or loads the TLS identity and
@@ -139,7 +141,11 @@ func (s *Server) Start(ctx context.Context) error {
 	policy.RetestInterval, policy.RetestBroken = cfg.RetestInterval, cfg.RetestBroken
 	s.Control = &control.Service{Store: db, Hub: s.Hub, Log: s.Log, Now: s.Now, ServerURL: cfg.URL, CAFingerprint: s.TLS.Fingerprint,
 		ServerVersion: s.Version, Conn: policy,
-		Notify: &notify.Notifier{URL: cfg.NotifyURL, Secret: []byte(cfg.NotifySecret), Log: s.Log}}
+		Notify: &notify.Notifier{URL: cfg.NotifyURL, Secret: []byte(cfg.NotifySecret), Log: s.Log},
+		Runs:   control.RunPolicy{QueueTimeout: cfg.QueueTimeout, MaxLogBytes: cfg.MaxRunLogBytes}}
+	s.Hub.Listener = s.Control
+	s.schedCtx, s.schedStop = context.WithCancel(context.WithoutCancel(ctx))
+	s.Control.StartScheduler(s.schedCtx)
 	if err := s.bootstrap(ctx); err != nil {
 		s.Hub.Stop()
 		db.Close()
@@ -226,6 +232,9 @@ func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
 		if s.retest != nil {
 			s.retest.Stop()
+		}
+		if s.schedStop != nil {
+			s.schedStop()
 		}
 		if s.Hub != nil {
 			s.Hub.Stop()

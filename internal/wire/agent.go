@@ -16,7 +16,9 @@ import (
 //	2: "validate" jobs (test a connection's credential on the machine);
 //	   identity failures carry their reason, NTSTATUS and provider result.
 //	   An agent at 1 reports only the generic WindowsIdentityIncorrect.
-const ProtocolVersion = 2
+//	3: "desktop" jobs (run a desktop flow as a connection's user) and "log"
+//	   frames carrying their output.
+const ProtocolVersion = 3
 
 // ReasonsProtocolVersion is the first protocol whose identity failures
 // carry a specific reason.
@@ -69,6 +71,7 @@ type Frame struct {
 	ID        string         `json:"id,omitempty"` // ack, result_ack, cancel
 	Progress  *JobProgress   `json:"progress,omitempty"`
 	Result    *JobResult     `json:"result,omitempty"`
+	Log       *LogChunk      `json:"log,omitempty"`
 }
 
 // Challenge carries a fresh random nonce for this connection.

@@ -1,0 +1,624 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/desktopflow"
+	"github.com/deskrun/deskrun/internal/identity"
+	"github.com/deskrun/deskrun/internal/store"
+	"github.com/deskrun/deskrun/internal/wire"
+)
+
+// RunPolicy tunes the run queue.
+type RunPolicy struct {
+	// QueueTimeout: a run not placed within it fails with NoCandidateMachine
+	// and the last reason it could not be placed.
+	QueueTimeout time.Duration
+	// MaxLogBytes bounds the output stored for one run; past it the rest is
+	// dropped and a note says so.
+	MaxLogBytes int64
+}
+
+// DefaultRunPolicy returns the defaults (the commercial product's queue
+// limit is 12 h).
+func DefaultRunPolicy() RunPolicy {
+	return RunPolicy{QueueTimeout: 12 * time.Hour, MaxLogBytes: 64 << 20}
+}
+
+// scheduler places queued runs on machines. It runs one pass at a time on
+// its own goroutine, whenever something that can change a placement
+// happens (a run is created or ends, an agent connects, a connection is
+// fixed, a queue deadline passes): it is woken by events, never by polling.
+type scheduler struct {
+	kick     chan struct{}
+	deadline *time.Timer
+
+	mu       sync.Mutex
+	jobRuns  map[string]string          // job id → run id, for log chunks
+	logBytes map[string]int64           // run id → bytes stored
+	waiters  map[string][]chan struct{} // run id → closed when the run changes
+	started  bool
+}
+
+// StartScheduler starts placing runs. It returns at once; the scheduler
+// stops when ctx ends.
+func (s *Service) StartScheduler(ctx context.Context) {
+	s.sched.mu.Lock()
+	if s.sched.started {
+		s.sched.mu.Unlock()
+		return
+	}
+	s.sched.started = true
+	s.sched.kick = make(chan struct{}, 1)
+	s.sched.jobRuns, s.sched.logBytes, s.sched.waiters = map[string]string{}, map[string]int64{}, map[string][]chan struct{}{}
+	s.sched.mu.Unlock()
+	if err := s.reconcileRuns(ctx); err != nil {
+		s.Log.Error("reconcile runs", "err", err)
+	}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				if t := s.sched.deadline; t != nil {
+					t.Stop()
+				}
+				return
+			case <-s.sched.kick:
+				if err := s.placeRuns(ctx); err != nil && ctx.Err() == nil {
+					s.Log.Error("place runs", "err", err)
+				}
+			}
+		}
+	}()
+	s.Kick()
+}
+
+// reconcileRuns settles runs a crash left between two writes: a placed
+// run whose job was never created goes back to the queue, and a run whose
+// job already ended gets that ending (recorded once: UpdateRun refuses a
+// terminal run).
+func (s *Service) reconcileRuns(ctx context.Context) error {
+	active, err := s.Store.ListRuns(ctx, store.RunFilter{States: []deskrun.RunState{deskrun.RunAssigned, deskrun.RunLoggingOn, deskrun.RunRunning}, Limit: 100000})
+	if err != nil {
+		return err
+	}
+	for _, r := range active {
+		j, err := s.Store.GetJob(ctx, r.JobID)
+		switch {
+		case deskrun.IsCode(err, deskrun.CodeNotFound):
+			r.State, r.MachineID, r.JobID, r.AssignedAt, r.UpdatedAt = deskrun.RunQueued, "", "", time.Time{}, s.now()
+			if _, err := s.Store.UpdateRun(ctx, r); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		case j.State.Terminal():
+			s.JobFinished(ctx, j.ID, j.State, j.Result, j.Error)
+		default:
+			s.sched.mu.Lock()
+			s.sched.jobRuns[j.ID] = r.ID
+			s.sched.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// Kick asks for a placement pass (coalesced).
+func (s *Service) Kick() {
+	if s.sched.kick == nil {
+		return
+	}
+	select {
+	case s.sched.kick <- struct{}{}:
+	default:
+	}
+}
+
+// StartRun queues a run of a desktop flow through a connection.
+func (s *Service) StartRun(ctx context.Context, actor Actor, flowName string, req wire.RunCreate) (*deskrun.Run, error) {
+	flow, err := s.Store.GetDesktopFlow(ctx, flowName, req.Version)
+	if err != nil {
+		return nil, err
+	}
+	var m desktopflow.Manifest
+	if err := json.Unmarshal(flow.Manifest, &m); err != nil {
+		return nil, fmt.Errorf("manifest of %s v%d: %w", flow.Name, flow.Version, err)
+	}
+	inputs, err := m.BindInputs(req.Inputs)
+	if err != nil {
+		return nil, err
+	}
+	inJSON, _ := json.Marshal(inputs)
+	if req.Connection == "" {
+		return nil, &deskrun.Error{Code: deskrun.CodeInvalid, Field: "connection", Message: "a run needs a connection: the user it runs as"}
+	}
+	conn, err := s.Connection(ctx, req.Connection)
+	if err != nil {
+		return nil, err
+	}
+	prio := deskrun.Priority(req.Priority)
+	switch prio {
+	case "":
+		prio = deskrun.PriorityNormal
+	case deskrun.PriorityHigh, deskrun.PriorityNormal:
+	default:
+		return nil, &deskrun.Error{Code: deskrun.CodeInvalid, Field: "priority", Message: fmt.Sprintf("priority %q: use high or normal", req.Priority)}
+	}
+	now := s.now()
+	r := &deskrun.Run{ID: deskrun.NewID("r", now), Flow: flow.Name, Version: flow.Version, Digest: flow.Digest,
+		ConnectionID: conn.ID, Priority: prio, Inputs: inJSON, State: deskrun.RunQueued, Screenshot: req.Screenshot,
+		CreatedAt: now, UpdatedAt: now, QueueDeadline: now.Add(s.Runs.QueueTimeout)}
+	if conn.State == deskrun.ConnectionBroken {
+		// The breaker: the run is recorded and fails at once; the machine
+		// sees no attempt with these credentials.
+		m, _ := s.Store.GetMachine(ctx, conn.Target)
+		if m == nil {
+			m = &deskrun.Machine{ID: conn.Target, Name: conn.Target}
+		}
+		r.State, r.Error, r.FinishedAt = deskrun.RunFailed, s.brokenError(conn, m), now
+		if err := s.Store.CreateRun(ctx, r); err != nil {
+			return nil, err
+		}
+		s.audit(ctx, deskrun.AuditEvent{Actor: actor.ID, Action: deskrun.AuditLogonRefused, ConnectionID: conn.ID, ConnectionName: conn.Name,
+			MachineID: conn.Target, Result: "refused", Reason: conn.Reason, Detail: "run " + r.ID + " failed at once: the connection is broken"})
+		return r, nil
+	}
+	if err := s.Store.CreateRun(ctx, r); err != nil {
+		return nil, err
+	}
+	s.Kick()
+	return r, nil
+}
+
+// placeRuns is one placement pass: every queued run, high priority first
+// then oldest, goes to its target when the machine is online, has a free
+// slot and (unattended) the user has no other run there. A run that cannot
+// be placed is skipped, so it never blocks runs for other machines.
+func (s *Service) placeRuns(ctx context.Context) error {
+	queued, err := s.Store.ListQueuedRuns(ctx, 10000)
+	if err != nil {
+		return err
+	}
+	if len(queued) == 0 {
+		return nil
+	}
+	active, err := s.Store.ListRuns(ctx, store.RunFilter{States: []deskrun.RunState{deskrun.RunAssigned, deskrun.RunLoggingOn, deskrun.RunRunning}, Limit: 100000})
+	if err != nil {
+		return err
+	}
+	conns := map[string]*deskrun.Connection{}
+	machines := map[string]*deskrun.Machine{}
+	getConn := func(id string) (*deskrun.Connection, error) {
+		if c, ok := conns[id]; ok {
+			return c, nil
+		}
+		c, err := s.Store.GetConnection(ctx, id)
+		if err == nil {
+			conns[id] = c
+		}
+		return c, err
+	}
+	getMachine := func(id string) (*deskrun.Machine, error) {
+		if m, ok := machines[id]; ok {
+			return m, nil
+		}
+		m, err := s.Store.GetMachine(ctx, id)
+		if err == nil {
+			machines[id] = m
+		}
+		return m, err
+	}
+	busy := map[string]int{}
+	users := map[string]bool{} // machine id + "\x00" + username, unattended runs
+	for _, r := range active {
+		busy[r.MachineID]++
+		if c, err := getConn(r.ConnectionID); err == nil && c.RunMode == deskrun.RunUnattended {
+			users[r.MachineID+"\x00"+c.Username] = true
+		}
+	}
+	now := s.now()
+	var next time.Time
+	for _, r := range queued {
+		c, err := getConn(r.ConnectionID)
+		if err != nil {
+			if deskrun.IsCode(err, deskrun.CodeNotFound) {
+				s.failRun(ctx, r, &deskrun.Error{Code: deskrun.CodeNotFound, Message: "the run's connection was deleted"})
+				continue
+			}
+			return err
+		}
+		if c.State == deskrun.ConnectionBroken {
+			m, _ := getMachine(c.Target)
+			if m == nil {
+				m = &deskrun.Machine{ID: c.Target, Name: c.Target}
+			}
+			s.failRun(ctx, r, s.brokenError(c, m))
+			continue
+		}
+		m, err := getMachine(c.Target)
+		if err != nil {
+			s.failRun(ctx, r, &deskrun.Error{Code: deskrun.CodeNoCandidateMachine, Message: "the connection's machine no longer exists"})
+			continue
+		}
+		reason := ""
+		switch {
+		case !s.Hub.Online(m.ID):
+			reason = fmt.Sprintf("machine %s is offline", m.Name)
+		case busy[m.ID] >= max(m.Slots, 1):
+			reason = fmt.Sprintf("machine %s is busy (%d of %d slots in use)", m.Name, busy[m.ID], max(m.Slots, 1))
+		case c.RunMode == deskrun.RunUnattended && users[m.ID+"\x00"+c.Username]:
+			reason = fmt.Sprintf("user %s already has an unattended run on %s (session conflict)", c.Username, m.Name)
+		}
+		if reason != "" {
+			if !now.Before(r.QueueDeadline) {
+				e := identity.Fail(deskrun.CodeNoCandidateMachine, nil)
+				e.Machine = m.Name
+				e.Message = fmt.Sprintf("no machine could take the run within %s; last reason: %s", s.Runs.QueueTimeout, reason)
+				s.failRun(ctx, r, e)
+				continue
+			}
+			if r.PlacementReason != reason {
+				r.PlacementReason, r.UpdatedAt = reason, now
+				if _, err := s.Store.UpdateRun(ctx, r); err != nil {
+					return err
+				}
+				s.wakeRun(r.ID)
+			}
+			if next.IsZero() || r.QueueDeadline.Before(next) {
+				next = r.QueueDeadline
+			}
+			continue
+		}
+		if err := s.assign(ctx, r, c, m); err != nil {
+			s.Log.Error("assign run", "run_id", r.ID, "err", err)
+			continue
+		}
+		busy[m.ID]++
+		if c.RunMode == deskrun.RunUnattended {
+			users[m.ID+"\x00"+c.Username] = true
+		}
+	}
+	if !next.IsZero() {
+		d := max(next.Sub(s.now()), 0) + time.Millisecond
+		if s.sched.deadline == nil {
+			s.sched.deadline = time.AfterFunc(d, s.Kick)
+		} else {
+			s.sched.deadline.Reset(d)
+		}
+	}
+	return nil
+}
+
+// assign pushes a run to its machine as a desktop job.
+func (s *Service) assign(ctx context.Context, r *deskrun.Run, c *deskrun.Connection, m *deskrun.Machine) error {
+	flow, err := s.Store.GetDesktopFlow(ctx, r.Flow, r.Version)
+	if err != nil {
+		s.failRun(ctx, r, withMachine(err, m.Name).(*deskrun.Error))
+		return nil
+	}
+	var man desktopflow.Manifest
+	if err := json.Unmarshal(flow.Manifest, &man); err != nil {
+		return err
+	}
+	cred, ok := c.CredentialFor(m.ID)
+	if !ok {
+		e := identity.Fail(deskrun.CodeSealedCredentialInvalid, nil)
+		e.Message, e.Machine = "the connection has no credential sealed for machine "+m.Name, m.Name
+		s.failRun(ctx, r, e)
+		return nil
+	}
+	var inputs map[string]any
+	_ = json.Unmarshal(r.Inputs, &inputs)
+	p := wire.DesktopPayload{RunID: r.ID, Flow: r.Flow, Version: r.Version, Digest: r.Digest,
+		Credential: wire.ValidatePayload{ConnectionID: c.ID, ConnectionName: c.Name, MachineID: m.ID, Username: c.Username,
+			LogonType: c.LogonType, KeyID: cred.KeyID, Ciphertext: cred.Ciphertext},
+		RunMode: string(c.RunMode), Run: man.Run, Desktop: man.Desktop, TimeoutMS: time.Duration(man.Timeout).Milliseconds(),
+		Inputs: inputs, Screenshot: r.Screenshot, Sessions: m.Sessions}
+	for _, o := range man.Outputs {
+		p.Outputs = append(p.Outputs, wire.OutputDecl{Name: o.Name, Type: string(o.Type), Required: o.Required})
+	}
+	payload, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	j := &deskrun.Job{ID: deskrun.NewID("j", now), MachineID: m.ID, Kind: wire.JobDesktop, Payload: payload}
+	r.State, r.MachineID, r.JobID, r.AssignedAt, r.UpdatedAt, r.PlacementReason = deskrun.RunAssigned, m.ID, j.ID, now, now, ""
+	if ok, err := s.Store.UpdateRun(ctx, r); err != nil || !ok {
+		return err // cancelled meanwhile: nothing to push
+	}
+	s.sched.mu.Lock()
+	s.sched.jobRuns[j.ID] = r.ID
+	s.sched.mu.Unlock()
+	s.wakeRun(r.ID)
+	return s.Hub.Submit(ctx, j)
+}
+
+func (s *Service) failRun(ctx context.Context, r *deskrun.Run, e *deskrun.Error) {
+	now := s.now()
+	r.State, r.Error, r.FinishedAt, r.UpdatedAt = deskrun.RunFailed, e, now, now
+	if _, err := s.Store.UpdateRun(ctx, r); err != nil {
+		s.Log.Error("fail run", "run_id", r.ID, "err", err)
+	}
+	s.wakeRun(r.ID)
+}
+
+// runForJob finds the run a job carries (memory first, then the store).
+func (s *Service) runForJob(ctx context.Context, jobID string) (*deskrun.Run, error) {
+	return s.Store.GetRunByJob(ctx, jobID)
+}
+
+// AgentConnected is the hub's event: a machine may take runs again.
+func (s *Service) AgentConnected(context.Context, string) { s.Kick() }
+
+// JobProgress maps an agent's stage messages to run states.
+func (s *Service) JobProgress(ctx context.Context, jobID, msg string) {
+	var state deskrun.RunState
+	switch msg {
+	case "state:logging-on":
+		state = deskrun.RunLoggingOn
+	case "state:running":
+		state = deskrun.RunRunning
+	default:
+		return
+	}
+	r, err := s.runForJob(ctx, jobID)
+	if err != nil {
+		return
+	}
+	now := s.now()
+	r.State, r.UpdatedAt = state, now
+	if state == deskrun.RunLoggingOn {
+		r.LogonAt = now
+	} else {
+		r.StartedAt = now
+	}
+	if _, err := s.Store.UpdateRun(ctx, r); err != nil {
+		s.Log.Error("run progress", "run_id", r.ID, "err", err)
+	}
+	s.wakeRun(r.ID)
+}
+
+// JobLog stores a chunk of a run's output, up to the policy's limit.
+func (s *Service) JobLog(ctx context.Context, c *wire.LogChunk) {
+	s.sched.mu.Lock()
+	runID, ok := s.sched.jobRuns[c.ID]
+	s.sched.mu.Unlock()
+	if !ok {
+		r, err := s.runForJob(ctx, c.ID)
+		if err != nil {
+			return
+		}
+		runID = r.ID
+		s.sched.mu.Lock()
+		s.sched.jobRuns[c.ID] = runID
+		s.sched.mu.Unlock()
+	}
+	s.sched.mu.Lock()
+	used := s.sched.logBytes[runID]
+	s.sched.logBytes[runID] = used + int64(len(c.Data))
+	s.sched.mu.Unlock()
+	data := c.Data
+	if used >= s.Runs.MaxLogBytes {
+		return
+	}
+	if used+int64(len(data)) > s.Runs.MaxLogBytes {
+		data = append(data[:s.Runs.MaxLogBytes-used:s.Runs.MaxLogBytes-used], fmt.Sprintf("\n[deskrun: output over %d bytes; the rest was not stored]\n", s.Runs.MaxLogBytes)...)
+	}
+	if err := s.Store.AppendRunLog(ctx, runID, []deskrun.LogChunk{{Seq: c.Seq, Stream: c.Stream, Data: data, At: s.now()}}); err != nil {
+		s.Log.Error("run log", "run_id", runID, "err", err)
+		return
+	}
+	s.wakeRun(runID)
+}
+
+// JobFinished ends the run a desktop job carried, and applies an identity
+// failure to the connection (the breaker).
+func (s *Service) JobFinished(ctx context.Context, jobID string, state deskrun.JobState, output []byte, jobErr *deskrun.Error) {
+	r, err := s.runForJob(ctx, jobID)
+	if err != nil {
+		return // not a run's job
+	}
+	defer s.Kick()
+	now := s.now()
+	r.FinishedAt, r.UpdatedAt, r.Error = now, now, jobErr
+	var out wire.DesktopOutput
+	if len(output) > 0 && json.Unmarshal(output, &out) == nil {
+		if len(out.Outputs) > 0 {
+			r.Outputs, _ = json.Marshal(out.Outputs)
+		}
+		code := out.ExitCode
+		r.ExitCode = &code
+		if len(out.Timings) > 0 {
+			r.Timings, _ = json.Marshal(out.Timings)
+		}
+		if len(out.Screenshot) > 0 {
+			if err := s.Store.SaveRunScreenshot(ctx, r.ID, out.Screenshot); err != nil {
+				s.Log.Error("save screenshot", "run_id", r.ID, "err", err)
+			}
+		}
+	}
+	switch {
+	case state == deskrun.JobSucceeded:
+		r.State = deskrun.RunSucceeded
+	case jobErr != nil && jobErr.Code == deskrun.CodeJobCancelled:
+		r.State = deskrun.RunCancelled
+	case jobErr != nil && jobErr.Code == deskrun.CodeDesktopFlowTimeout:
+		r.State = deskrun.RunTimedOut
+	default:
+		r.State = deskrun.RunFailed
+	}
+	if _, err := s.Store.UpdateRun(ctx, r); err != nil {
+		s.Log.Error("finish run", "run_id", r.ID, "err", err)
+	}
+	s.sched.mu.Lock()
+	delete(s.sched.jobRuns, jobID)
+	delete(s.sched.logBytes, r.ID)
+	s.sched.mu.Unlock()
+	s.wakeRun(r.ID)
+	if jobErr != nil && (jobErr.Code == deskrun.CodeWindowsIdentityIncorrect || jobErr.Code == deskrun.CodeSealedCredentialInvalid) {
+		s.connectionFailed(ctx, r, jobErr)
+	}
+}
+
+// connectionFailed applies a run's identity failure to its connection.
+func (s *Service) connectionFailed(ctx context.Context, r *deskrun.Run, e *deskrun.Error) {
+	unlock := s.connLocks.lock(r.ConnectionID)
+	defer unlock()
+	c, err := s.Store.GetConnection(ctx, r.ConnectionID)
+	if err != nil {
+		return
+	}
+	m, err := s.Store.GetMachine(ctx, r.MachineID)
+	if err != nil {
+		return
+	}
+	prev := c.State
+	s.applyFailure(c, e)
+	if err := s.Store.SetConnectionHealth(ctx, c); err != nil {
+		s.Log.Error("connection health", "connection", c.Name, "err", err)
+		return
+	}
+	s.audit(ctx, deskrun.AuditEvent{Actor: "agent:" + m.Name, Action: deskrun.AuditLogonAttempt, ConnectionID: c.ID, ConnectionName: c.Name,
+		MachineID: m.ID, Result: "failed", Reason: reasonOf(e), Detail: "run " + r.ID})
+	if c.State == deskrun.ConnectionBroken && prev != deskrun.ConnectionBroken {
+		s.audit(ctx, deskrun.AuditEvent{Actor: "server", Action: deskrun.AuditConnectionBroken, ConnectionID: c.ID, ConnectionName: c.Name,
+			MachineID: m.ID, Result: "broken", Reason: c.Reason, Detail: "run " + r.ID})
+	}
+	s.notifyState(c, m, prev)
+}
+
+// Run returns a run; with wait > 0 it waits that long for it to end.
+func (s *Service) Run(ctx context.Context, id string, wait time.Duration) (*deskrun.Run, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		ch := s.runWaiter(id)
+		r, err := s.Store.GetRun(ctx, id)
+		if err != nil || r.State.Terminal() || wait <= 0 {
+			s.dropRunWaiter(id, ch)
+			return r, err
+		}
+		t := time.NewTimer(time.Until(deadline))
+		select {
+		case <-ch:
+			t.Stop()
+		case <-t.C:
+			s.dropRunWaiter(id, ch)
+			return s.Store.GetRun(ctx, id)
+		case <-ctx.Done():
+			t.Stop()
+			s.dropRunWaiter(id, ch)
+			return s.Store.GetRun(context.WithoutCancel(ctx), id)
+		}
+	}
+}
+
+// RunChanged returns a channel closed at the run's next change (state or
+// output), for followers of its log.
+func (s *Service) RunChanged(id string) (<-chan struct{}, func()) {
+	ch := s.runWaiter(id)
+	return ch, func() { s.dropRunWaiter(id, ch) }
+}
+
+func (s *Service) runWaiter(id string) chan struct{} {
+	ch := make(chan struct{})
+	s.sched.mu.Lock()
+	if s.sched.waiters == nil {
+		s.sched.waiters = map[string][]chan struct{}{}
+	}
+	s.sched.waiters[id] = append(s.sched.waiters[id], ch)
+	s.sched.mu.Unlock()
+	return ch
+}
+
+func (s *Service) dropRunWaiter(id string, ch chan struct{}) {
+	s.sched.mu.Lock()
+	defer s.sched.mu.Unlock()
+	ws := s.sched.waiters[id]
+	for i, w := range ws {
+		if w == ch {
+			s.sched.waiters[id] = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(s.sched.waiters[id]) == 0 {
+		delete(s.sched.waiters, id)
+	}
+}
+
+func (s *Service) wakeRun(id string) {
+	s.sched.mu.Lock()
+	ws := s.sched.waiters[id]
+	delete(s.sched.waiters, id)
+	s.sched.mu.Unlock()
+	for _, ch := range ws {
+		close(ch)
+	}
+}
+
+// Runs lists runs.
+func (s *Service) ListRuns(ctx context.Context, f store.RunFilter) ([]*deskrun.Run, error) {
+	return s.Store.ListRuns(ctx, f)
+}
+
+// RunLog reads a run's output after seq.
+func (s *Service) RunLog(ctx context.Context, id string, after int64, limit int) ([]deskrun.LogChunk, error) {
+	return s.Store.ReadRunLog(ctx, id, after, limit)
+}
+
+// CancelRun cancels a run: at once when queued, through its agent when
+// placed (the flow's process tree is killed).
+func (s *Service) CancelRun(ctx context.Context, id string) (*deskrun.Run, error) {
+	r, err := s.Store.GetRun(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.State.Terminal() {
+		return r, nil
+	}
+	if r.State == deskrun.RunQueued {
+		now := s.now()
+		r.State, r.FinishedAt, r.UpdatedAt = deskrun.RunCancelled, now, now
+		r.Error = &deskrun.Error{Code: deskrun.CodeJobCancelled, Message: "the run was cancelled before it was placed"}
+		if _, err := s.Store.UpdateRun(ctx, r); err != nil {
+			return nil, err
+		}
+		s.wakeRun(r.ID)
+		return r, nil
+	}
+	if err := s.Hub.Cancel(ctx, r.JobID); err != nil {
+		var de *deskrun.Error
+		if errors.As(err, &de) && de.Code == deskrun.CodeMachineOffline {
+			return r, err
+		}
+		return nil, err
+	}
+	return s.Store.GetRun(ctx, id)
+}
+
+// RunScreenshot returns a run's screenshot PNG.
+func (s *Service) RunScreenshot(ctx context.Context, id string) ([]byte, error) {
+	return s.Store.GetRunScreenshot(ctx, id)
+}
+
+// PackageForMachine returns a package an agent may download: only one that
+// a run placed on that machine uses.
+func (s *Service) PackageForMachine(ctx context.Context, machineID, digest string) ([]byte, error) {
+	runs, err := s.Store.ListRuns(ctx, store.RunFilter{MachineID: machineID,
+		States: []deskrun.RunState{deskrun.RunAssigned, deskrun.RunLoggingOn, deskrun.RunRunning}, Limit: 100000})
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range runs {
+		if r.Digest == digest {
+			return s.Store.GetPackage(ctx, digest)
+		}
+	}
+	return nil, &deskrun.Error{Code: deskrun.CodeForbidden, Message: "no run on this machine uses this package"}
+}
