@@ -54,6 +54,10 @@ type Agent struct {
 	// RunAsExecutable is the deskrun binary re-executed to drop to a run's
 	// user (runas.Spec.Executable); empty means this process's binary.
 	RunAsExecutable string
+	// RunsDir holds the desktop runs' working directories; empty means
+	// STATE/runs when the runs' users can reach it, else
+	// /var/lib/deskrun/runs. It must be root's and writable only by root.
+	RunsDir string
 
 	// sendFrame, if set, replaces sendIfConnected for log frames (tests).
 	sendFrame func(*wire.Frame)

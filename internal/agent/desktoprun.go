@@ -331,15 +331,48 @@ func userHasSession(uid uint32, name string) error {
 		Resolution: "Sign " + name + " out of the machine, run the flow attended, or set the machine's unattended sessions to shared."}
 }
 
-// makeRunDir makes STATE/runs/<run>-<random>, owned by the user, 0700.
-// STATE/runs is root's, 0711; the state directory gets o+x (search only,
-// no listing; every secret in it is 0600) so the user can reach it.
+// fallbackRunsDir holds run directories when the state directory sits
+// below a directory the run's user cannot search (a private temporary
+// directory, root's home): root's, 0711, like STATE/runs.
+const fallbackRunsDir = "/var/lib/deskrun/runs"
+
+// runsBase is where run directories go: Agent.RunsDir, else STATE/runs
+// when every directory above the state directory lets others search it,
+// else fallbackRunsDir.
+func (a *Agent) runsBase() string {
+	if a.RunsDir != "" {
+		return a.RunsDir
+	}
+	abs, err := filepath.Abs(a.StateDir)
+	if err != nil {
+		return fallbackRunsDir
+	}
+	for d := filepath.Dir(abs); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil || st.Mode().Perm()&0o001 == 0 {
+			return fallbackRunsDir
+		}
+		if d == filepath.Dir(d) {
+			break
+		}
+	}
+	return filepath.Join(abs, runsDir)
+}
+
+// makeRunDir makes BASE/<run>-<random>, owned by the user, 0700. BASE is
+// root's, 0711; when it is STATE/runs, the state directory gets o+x
+// (search only, no listing; every secret in it is 0600) so the user can
+// reach it.
 func (a *Agent) makeRunDir(runID string, id identity.Identity) (string, error) {
-	base := filepath.Join(a.StateDir, runsDir)
+	base := a.runsBase()
 	if err := os.MkdirAll(base, 0o711); err != nil {
 		return "", fmt.Errorf("run directories: %w", err)
 	}
-	for _, d := range []string{a.StateDir, base} {
+	dirs := []string{base}
+	if state, err := filepath.Abs(a.StateDir); err == nil && base == filepath.Join(state, runsDir) {
+		dirs = []string{state, base}
+	}
+	for _, d := range dirs {
 		st, err := os.Stat(d)
 		if err != nil {
 			return "", fmt.Errorf("run directories: %w", err)

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -108,4 +110,19 @@ func TestLogShipperOrdersAndBatches(t *testing.T) {
 	require.Equal(t, "stderr", last.Stream)
 	require.Equal(t, "oops\n", string(last.Data))
 	require.Contains(t, s.lastLines(), "oops")
+}
+
+func TestRunsBase(t *testing.T) {
+	private, err := os.MkdirTemp("", "deskrun-runs-base-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(private) })
+	a := &Agent{StateDir: filepath.Join(private, "state")}
+	require.NoError(t, os.Chmod(private, 0o700)) // a run's user could not reach STATE/runs
+	require.Equal(t, fallbackRunsDir, a.runsBase())
+	require.NoError(t, os.Chmod(private, 0o711))
+	if filepath.Dir(private) == "/tmp" {
+		require.Equal(t, filepath.Join(private, "state", runsDir), a.runsBase())
+	}
+	a.RunsDir = "/srv/runs"
+	require.Equal(t, "/srv/runs", a.runsBase())
 }
