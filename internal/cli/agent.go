@@ -19,7 +19,9 @@ func newAgentCmd(a *app) *cobra.Command {
 		Long: `The agent runs on each target machine, as root (a service), so it can log users on
 and run flows as them. It dials out to the server and never listens.`,
 	}
-	c.AddCommand(newAgentEnrollCmd(a), newAgentRunCmd(a), newAgentInstallPAMCmd(a))
+	c.AddCommand(newAgentEnrollCmd(a), newAgentRunCmd(a), newAgentInstallPAMCmd(a),
+		newAgentDirectoryCmd(a),
+	)
 	return c
 }
 
