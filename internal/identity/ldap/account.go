@@ -44,6 +44,14 @@ type AccountState struct {
 	// any, else the domain's. Threshold 0 means accounts never lock.
 	LockoutThreshold int           `json:"lockout_threshold"`
 	LockoutWindow    time.Duration `json:"lockout_window"`
+	// AccountExpires is accountExpires; zero when the account never expires.
+	AccountExpires time.Time `json:"account_expires,omitzero"`
+	// LogonHours is logonHours: 21 bytes, one bit per hour of the week
+	// from Sunday 00:00 UTC (least significant bit first); nil when the
+	// attribute is absent (every hour allowed).
+	LogonHours []byte `json:"logon_hours,omitempty"`
+	// MustChange: pwdLastSet is 0 (must change at next logon).
+	MustChange bool `json:"must_change,omitempty"`
 }
 
 // Disabled, LockedOut, SmartCardRequired and PasswordExpired read the flags.
@@ -51,6 +59,21 @@ func (s AccountState) Disabled() bool          { return s.UAC&uacAccountDisable 
 func (s AccountState) LockedOut() bool         { return (s.UACComputed|s.UAC)&uacLockout != 0 }
 func (s AccountState) SmartCardRequired() bool { return s.UAC&uacSmartcardRequired != 0 }
 func (s AccountState) PasswordExpired() bool   { return s.UACComputed&uacPasswordExpired != 0 }
+
+// Expired reports whether accountExpires has passed at now.
+func (s AccountState) Expired(now time.Time) bool {
+	return !s.AccountExpires.IsZero() && !now.Before(s.AccountExpires)
+}
+
+// OutsideLogonHours reports whether logonHours forbids a logon at now.
+func (s AccountState) OutsideLogonHours(now time.Time) bool {
+	if len(s.LogonHours) != 21 {
+		return false
+	}
+	now = now.UTC()
+	h := int(now.Weekday())*24 + now.Hour()
+	return s.LogonHours[h/8]&(1<<(h%8)) == 0
+}
 
 // Failures is the count the next failed logon adds to. AD restarts
 // the count at 1 when the last failure is older than the observation
@@ -76,6 +99,7 @@ var userAttrs = []string{
 	"sAMAccountName", "uid", "userPrincipalName", "userAccountControl",
 	"msDS-User-Account-Control-Computed", "msDS-UserPasswordExpiryTimeComputed",
 	"badPwdCount", "badPasswordTime", "uidNumber", "gidNumber", "msDS-ResultantPSO",
+	"accountExpires", "logonHours", "pwdLastSet",
 }
 
 // errNoEntry: the search found no account for the name.
@@ -146,6 +170,11 @@ func stateOf(e *goldap.Entry) AccountState {
 	}
 	s.PasswordExpires = fileTime(attrInt(e, "msDS-UserPasswordExpiryTimeComputed"))
 	s.BadPasswordTime = fileTime(attrInt(e, "badPasswordTime"))
+	s.AccountExpires = fileTime(attrInt(e, "accountExpires"))
+	if b := e.GetRawAttributeValue("logonHours"); len(b) == 21 {
+		s.LogonHours = b
+	}
+	s.MustChange = e.GetAttributeValue("pwdLastSet") == "0"
 	if v := attrInt(e, "uidNumber"); v > 0 && v <= math.MaxUint32 {
 		s.UIDNumber = uint32(v)
 	}

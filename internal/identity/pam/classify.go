@@ -34,6 +34,9 @@ type Config struct {
 	ShellsFile string
 	// Now is the clock used to read faillock tallies; default time.Now.
 	Now func() time.Time
+	// Directory, when set, is asked why pam_sss refused a directory
+	// account (see AccountStater); nil keeps PAM's own evidence.
+	Directory AccountStater
 }
 
 func (c Config) withDefaults() Config {
@@ -71,6 +74,7 @@ var pamNames = [...]string{
 }
 
 const (
+	codeSystemErr        = 4
 	codePermDenied       = 6
 	codeAuthErr          = 7
 	codeCredInsufficient = 8

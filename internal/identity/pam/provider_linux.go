@@ -211,11 +211,11 @@ func (p *Provider) logon(ctx context.Context, req identity.Request, accountOnly 
 	tx := &transaction{t: t}
 	if !accountOnly {
 		if err := t.Authenticate(pam.DisallowNullAuthtok); err != nil {
-			return tx, nil, p.classify(name, pamUser, lt, "authenticate", err, c)
+			return tx, nil, p.classify(ctx, name, pamUser, lt, "authenticate", err, c)
 		}
 	}
 	if err := t.AcctMgmt(pam.DisallowNullAuthtok); err != nil {
-		return tx, nil, p.classify(name, pamUser, lt, "acct_mgmt", err, c)
+		return tx, nil, p.classify(ctx, name, pamUser, lt, "acct_mgmt", err, c)
 	}
 	if u, err := t.GetItem(pam.User); err == nil && u != "" {
 		pamUser = u
@@ -254,8 +254,9 @@ func (p *Provider) fail(reason string, pr *deskrun.ProviderResult) *deskrun.Erro
 // coarse (a wrong password, a locked password, a faillock lockout and a
 // nologin file are all PAM_AUTH_ERR), so the evidence is, in order: the
 // conversation, NSS, the nologin file, the shadow entry, the faillock
-// tally, and for PAM_PERM_DENIED the probe services.
-func (p *Provider) classify(name identity.Name, pamUser string, lt identity.LogonType, stage string, err error, c *conversation) *deskrun.Error {
+// tally, for PAM_PERM_DENIED the probe services, and for directory
+// accounts refused by pam_sss the directory itself (Config.Directory).
+func (p *Provider) classify(ctx context.Context, name identity.Name, pamUser string, lt identity.LogonType, stage string, err error, c *conversation) *deskrun.Error {
 	code := -1
 	var pe pam.Error
 	if errors.As(err, &pe) {
@@ -276,19 +277,39 @@ func (p *Provider) classify(name identity.Name, pamUser string, lt identity.Logo
 	}
 	switch code {
 	case codeUserUnknown:
-		return p.unknownUser(name, pr, c)
+		return p.unknownUser(ctx, name, pamUser, pr, c)
 	case codeAuthinfoUnavail, codeCredInsufficient:
 		if os.Geteuid() != 0 {
 			evidence = append(evidence, "the agent is not root")
 			return fail(identity.ReasonAgentNotPrivileged)
 		}
 		if code == codeAuthinfoUnavail {
+			if _, ok := p.directoryName(name, pamUser); ok && p.directoryStack() {
+				// pam_sss says so when SSSD itself does not answer; an
+				// offline domain gives cached logons or PAM_PERM_DENIED.
+				evidence = append(evidence, "pam_sss: SSSD on this machine does not answer (is sssd running?)")
+				e := fail(identity.ReasonNoLogonServers)
+				e.Message = "SSSD on this machine does not answer, so no domain account can log on: start sssd (`sssd -D`, or `systemctl start sssd`) and check `sssctl domain-status DOMAIN`."
+				return e
+			}
 			return fail(identity.ReasonNoLogonServers)
 		}
 		return fail(identity.ReasonPamStackError)
+	case codeSystemErr:
+		// pam_sss with cache_credentials = false and the domain offline.
+		if de, ev := p.askDirectory(ctx, name, pamUser); de != nil && de.Reason == identity.ReasonNoLogonServers {
+			return p.fromDirectory(de, pr, c.msgs)
+		} else if ev != "" {
+			evidence = append(evidence, ev)
+		}
 	case codeAcctExpired:
 		return fail(identity.ReasonAccountExpired)
 	case codeNewAuthtokReqd, codeAuthtokExpired:
+		// pam_sss says "Password expired" for a forced change too.
+		if de, _ := p.askDirectory(ctx, name, pamUser); de != nil &&
+			(de.Reason == identity.ReasonPasswordMustChange || de.Reason == identity.ReasonPasswordExpired) {
+			return p.fromDirectory(de, pr, c.msgs)
+		}
 		switch {
 		case anyMatch(reAdminForce, c.msgs):
 			return fail(identity.ReasonPasswordMustChange)
@@ -311,11 +332,45 @@ func (p *Provider) classify(name identity.Name, pamUser string, lt identity.Logo
 				return fail(identity.ReasonInvalidLogonHours)
 			}
 		}
+		if _, dir := p.directoryName(name, pamUser); dir && p.directoryStack() {
+			if _, ok, _ := lookupIdentity(pamUser); !ok {
+				return p.unknownUser(ctx, name, pamUser, pr, c)
+			}
+			de, ev := p.askDirectory(ctx, name, pamUser)
+			if de != nil {
+				return p.fromDirectory(de, pr, c.msgs)
+			}
+			if ev != "" {
+				evidence = append(evidence, ev)
+			}
+			if stage == "authenticate" && p.cfg.Directory != nil && strings.HasPrefix(ev, "directory: nothing in") {
+				// At authenticate pam_sss (krb5) denies for the account
+				// states the directory just said are not set, or when
+				// SSSD is offline without cached credentials: it is
+				// offline, even though the DC answers us (SSSD retries
+				// every 60-90 s by itself).
+				evidence = append(evidence, "pam_sss refused a usable account: SSSD is offline and has no cached credentials for it")
+				e := fail(identity.ReasonNoLogonServers)
+				e.Message = "SSSD is offline (it has not reached the domain since the directory came back) and has no cached credentials for this user; it goes back online by itself within about 90 s."
+				return e
+			}
+			// pam_sss gives PAM_AUTH_ERR for a wrong password: this is
+			// something else it does not name.
+			evidence = append(evidence, "pam_sss refused without saying why: the account is disabled, expired, locked out or outside its logon hours, "+
+				"or SSSD is offline without cached credentials for it (configure the agent's directory so deskrun can tell)")
+			return fail(identity.ReasonAccountRestriction)
+		}
 		fallthrough
 	case codeAuthErr:
 		id, ok, _ := lookupIdentity(pamUser)
 		if !ok {
-			return p.unknownUser(name, pr, c)
+			return p.unknownUser(ctx, name, pamUser, pr, c)
+		}
+		if code == codeAuthErr {
+			// A smart-card account's password is random: every one is wrong.
+			if de, _ := p.askDirectory(ctx, name, pamUser); de != nil && de.Reason == identity.ReasonSmartCardRequired {
+				return p.fromDirectory(de, pr, c.msgs)
+			}
 		}
 		if stage == "authenticate" && id.UID != 0 && fileExists(p.cfg.Stack.NologinFile) {
 			evidence = append(evidence, "nologin file "+p.cfg.Stack.NologinFile+" exists")
@@ -347,11 +402,27 @@ func (p *Provider) classify(name identity.Name, pamUser string, lt identity.Logo
 
 // unknownUser decides between NoSuchUser and UserNotPropagated: a domain
 // name on a joined machine that NSS cannot resolve has not reached the
-// machine (yet); anything else does not exist.
-func (p *Provider) unknownUser(name identity.Name, pr *deskrun.ProviderResult, c *conversation) *deskrun.Error {
+// machine (yet); anything else does not exist. With Config.Directory the
+// directory decides: it has no such account (NoSuchUser), it has one that
+// NSS does not see (UserNotPropagated), or it cannot be reached
+// (NoLogonServers: SSSD never saw the user and the domain is offline).
+func (p *Provider) unknownUser(ctx context.Context, name identity.Name, pamUser string, pr *deskrun.ProviderResult, c *conversation) *deskrun.Error {
 	pr.Detail = strings.Join(c.msgs, "; ")
 	joined := p.cfg.Join.State != "" && p.cfg.Join.State != deskrun.JoinLocal
 	if name.IsDomainForm(p.cfg.Hostname) && joined {
+		de, ev := p.askDirectory(ctx, name, pamUser)
+		switch {
+		case de != nil && (de.Reason == identity.ReasonNoSuchUser || de.Reason == identity.ReasonNoLogonServers):
+			e := p.fromDirectory(de, pr, c.msgs)
+			if de.Reason == identity.ReasonNoLogonServers {
+				e.Message = "SSSD does not know this user and the directory cannot be reached to look it up."
+			}
+			return e
+		case de != nil:
+			pr.Detail = strings.Join(append(append([]string{}, c.msgs...), "directory: the account exists ("+de.Reason+")"), "; ")
+		case ev != "" && p.cfg.Directory != nil:
+			pr.Detail = strings.Join(append(append([]string{}, c.msgs...), ev), "; ")
+		}
 		return p.fail(identity.ReasonUserNotPropagated, pr)
 	}
 	e := p.fail(identity.ReasonNoSuchUser, pr)

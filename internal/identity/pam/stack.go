@@ -117,15 +117,15 @@ func (s Stack) Render(t identity.LogonType) string {
 	}
 	fmt.Fprintf(&b, "auth     [default=die] pam_faillock.so authfail %s\n", fl)
 	fmt.Fprintf(&b, "auth     required   pam_faillock.so authsucc %s\n", fl)
+	// pam_unix's account stage passes users without a shadow entry
+	// (directory users), so the directory module must run after it for
+	// every user; it ignores the local ones (user_unknown).
+	b.WriteString("account  required   pam_unix.so\n")
 	switch s.Directory {
 	case "sss":
-		b.WriteString("account  [success=1 new_authtok_reqd=done default=ignore] pam_unix.so\n")
 		b.WriteString("account  [default=bad success=ok user_unknown=ignore] pam_sss.so\n")
 	case "winbind":
-		b.WriteString("account  [success=1 new_authtok_reqd=done default=ignore] pam_unix.so\n")
 		b.WriteString("account  [default=bad success=ok user_unknown=ignore] pam_winbind.so\n")
-	default:
-		b.WriteString("account  required   pam_unix.so\n")
 	}
 	if s.FaillockDir != "" {
 		fmt.Fprintf(&b, "account  required   pam_faillock.so dir=%s\n", s.FaillockDir)
