@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -42,6 +43,14 @@ var fx struct {
 	join              identity.JoinInfo
 	dirProv           *ldap.Provider
 	samba, sssd, torn bool
+}
+
+// sssdConf is where test/fixtures/sssd.sh writes the config it starts sssd with.
+const sssdConf = "/run/deskrun-sssd/sssd.conf"
+
+func pidAlive(pid string) bool {
+	n, err := strconv.Atoi(pid)
+	return err == nil && n > 0 && syscall.Kill(n, 0) == nil
 }
 
 func fixtureDir() string {
@@ -108,8 +117,10 @@ func need(t *testing.T) {
 			}
 		}
 	}
-	if b, err := os.ReadFile("/etc/sssd/sssd.conf"); err == nil && !strings.Contains(string(b), "deskrun test fixture") {
-		skip("this machine has its own /etc/sssd/sssd.conf")
+	if b, err := os.ReadFile("/run/sssd.pid"); err == nil && fx.dir == "" {
+		if _, err := os.Stat(sssdConf); err != nil && pidAlive(strings.TrimSpace(string(b))) {
+			skip("this machine runs its own sssd")
+		}
 	}
 	fx.once.Do(func() { fx.err = setup() })
 	if fx.err != nil {
@@ -159,7 +170,10 @@ func setup() error {
 	if _, err := pam.Install(fx.stack); err != nil {
 		return err
 	}
-	if fx.join, err = identity.DetectJoin(identity.DefaultHostPaths()); err != nil {
+	// The fixture's sssd reads its own config (sssd -c), not /etc/sssd.
+	paths := identity.DefaultHostPaths()
+	paths.SSSDConf = sssdConf
+	if fx.join, err = identity.DetectJoin(paths); err != nil {
 		return err
 	}
 	if fx.join.State != deskrun.JoinSSSD || fx.join.Domain != domain {
