@@ -21,6 +21,7 @@ import (
 	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/identity"
 	"github.com/deskrun/deskrun/internal/pki"
+	"github.com/deskrun/deskrun/internal/runas"
 	"github.com/deskrun/deskrun/internal/seal"
 	"github.com/deskrun/deskrun/internal/wire"
 )
@@ -54,6 +55,11 @@ type Agent struct {
 	// RunAsExecutable is the deskrun binary re-executed to drop to a run's
 	// user (runas.Spec.Executable); empty means this process's binary.
 	RunAsExecutable string
+	// ReapRuns starts the reaper (runas.Reaper), a root helper that kills
+	// the runs' processes if the agent dies. The CLI sets it; an agent
+	// inside a test binary must not, since the helper re-executes the
+	// binary.
+	ReapRuns bool
 	// RunsDir holds the desktop runs' working directories; empty means
 	// STATE/runs when the runs' users can reach it, else
 	// /var/lib/deskrun/runs. It must be root's and writable only by root.
@@ -64,6 +70,7 @@ type Agent struct {
 
 	id         *Identity
 	sealPublic []byte
+	reaper     *runas.Reaper
 	guard      credentialGuard
 
 	mu      sync.Mutex
@@ -116,6 +123,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.Executors == nil {
 		a.Executors = DefaultExecutors()
+	}
+	if a.ReapRuns && os.Geteuid() == 0 {
+		// Runs die with the agent, even on kill -9: see runas.Reaper.
+		if r, err := runas.StartReaper(a.RunAsExecutable); err != nil {
+			a.Log.Warn("no reaper: a run's processes would outlive a killed agent", "err", err)
+		} else {
+			a.reaper = r
+			defer r.Close()
+		}
 	}
 	if _, ok := a.Executors[deskrun.JobValidate]; !ok {
 		a.Executors[deskrun.JobValidate] = a.validate

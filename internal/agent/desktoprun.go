@@ -211,6 +211,7 @@ func (a *Agent) desktopRun(ctx context.Context, raw json.RawMessage, progress fu
 		Timeout:    timeout,
 		Executable: a.RunAsExecutable,
 		Logger:     a.Log,
+		Reaper:     a.reaper,
 		// The screen is captured while the flow's windows still exist:
 		// when the run is killed, when the flow failed, or when asked.
 		BeforeKill: func(cause error) {

@@ -79,7 +79,7 @@ func newAgentRunCmd(a *app) *cobra.Command {
 			}
 			log := a.logger(logLevel)
 			warnIdentity(a, log.Warn)
-			ag := &agent.Agent{StateDir: state, Log: log, Info: agent.HostInfo(agent.DefaultHostFiles, slots), Logon: a.logonProvider(&po)}
+			ag := &agent.Agent{StateDir: state, Log: log, Info: agent.HostInfo(agent.DefaultHostFiles, slots), Logon: a.logonProvider(&po), ReapRuns: true}
 			return ag.Run(cmd.Context())
 		},
 	}

@@ -31,5 +31,15 @@ func newBeChildCmd(_ *app) *cobra.Command {
 			return nil
 		},
 	})
+	c.AddCommand(&cobra.Command{
+		Use:                "reaper",
+		Short:              "Internal: kill the agent's runs when the agent dies (see runas.Reaper)",
+		Args:               cobra.NoArgs,
+		DisableFlagParsing: true,
+		RunE: func(*cobra.Command, []string) error {
+			os.Exit(runas.BeReaper())
+			return nil
+		},
+	})
 	return c
 }

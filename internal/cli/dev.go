@@ -90,7 +90,7 @@ func (a *app) runDev(ctx context.Context, cfg server.Config, name string, writeC
 	}
 
 	connected := make(chan struct{}, 1)
-	ag := &agent.Agent{StateDir: stateDir, Log: log.With("component", "agent"), Info: info, Logon: a.logonProvider(po),
+	ag := &agent.Agent{StateDir: stateDir, Log: log.With("component", "agent"), Info: info, Logon: a.logonProvider(po), ReapRuns: true,
 		OnConnected: func() {
 			select {
 			case connected <- struct{}{}:

@@ -66,6 +66,9 @@ type Spec struct {
 	// Logger receives the fallbacks (no cgroup, and why) and cleanup
 	// failures; nil discards them.
 	Logger *slog.Logger
+	// Reaper, if set, is told about the run so that its processes die if
+	// the agent does (StartReaper).
+	Reaper *Reaper
 }
 
 // Errors returned by Start and Wait; test them with errors.Is.
@@ -260,6 +263,7 @@ type Process struct {
 	cgroup      string // directory, when containment is ContainCgroup
 	dropped     bool
 	log         *slog.Logger
+	reaper      *Reaper
 
 	mu     sync.Mutex
 	reason error // why we killed it (ErrTimeout, ErrCancelled, ErrKilled)

@@ -154,6 +154,8 @@ func Start(ctx context.Context, s Spec) (*Process, error) {
 		}
 	}
 
+	p.reaper = s.Reaper
+	p.reaper.track(p.pid, p.cgroup)
 	exited := make(chan struct{})
 	go p.watch(ctx, s.Timeout, exited)
 	go p.reap(exited)
@@ -251,6 +253,7 @@ func (p *Process) reap(exited chan<- struct{}) {
 	close(exited)
 	p.callBeforeKill(nil)
 	p.killTree()
+	p.reaper.untrack(p.pid) // before Wait: the pid is still ours (a zombie)
 	werr := p.cmd.Wait()
 	p.mu.Lock()
 	p.reaped = true

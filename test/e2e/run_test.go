@@ -223,3 +223,65 @@ func mustAtoi(t *testing.T, s string) int {
 }
 
 var _ = time.Second
+
+// TestRunDurability kills the server, then the agent, in the middle of runs.
+func TestRunDurability(t *testing.T) {
+	t.Parallel()
+	w := connWorld(t)
+	out, err := w.create("robot", fixturePrefix+"ok", fixturePW)
+	require.NoError(t, err, out)
+	dir := flowDir(t, "name: steady\noutputs:\n  - name: done\n    type: boolean\nrun: ./steady.sh\n", map[string]string{"steady.sh": `#!/bin/sh
+sleep 300 &
+echo "grandchild=$!"
+for i in 1 2 3 4 5 6; do echo "tick $i"; sleep 0.3; done
+kill $!
+echo '{"done": true}' > "$DESKRUN_OUTPUT"
+`})
+	w.run("desktopflow", "push", dir)
+	grandchild := func(id string) int {
+		var pid int
+		w.eventually("grandchild started", func() bool {
+			logs := w.runLogs(id)
+			if i := strings.Index(logs, "grandchild="); i >= 0 {
+				pid, _ = strconv.Atoi(strings.TrimSpace(strings.SplitN(logs[i+11:], "\n", 2)[0]))
+			}
+			return pid > 0
+		})
+		return pid
+	}
+
+	t.Run("server killed mid-run", func(t *testing.T) {
+		r, out, err := w.runFlow("steady", "--connection", "robot")
+		require.NoError(t, err, out)
+		grandchild(r.ID)
+		w.kill(w.server)
+		w.startServer()
+		w.eventually("run succeeded", func() bool { return w.runShow(r.ID).State == "succeeded" })
+		done := w.runShow(r.ID)
+		require.JSONEq(t, `{"done": true}`, string(done.Outputs))
+		logs := w.runLogs(r.ID)
+		require.Equal(t, 1, strings.Count(logs, "tick 6"), "output recorded more than once, or lost: %s", logs)
+		// Another reconnect changes nothing: the result was recorded once.
+		w.kill(w.agent)
+		w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
+		w.eventually("machine online", func() bool { return w.machine("box").State == "online" })
+		again := w.runShow(r.ID)
+		require.Equal(t, done.FinishedAt, again.FinishedAt)
+		require.Equal(t, done.UpdatedAt, again.UpdatedAt)
+	})
+
+	t.Run("agent killed mid-run", func(t *testing.T) {
+		r, out, err := w.runFlow("steady", "--connection", "robot")
+		require.NoError(t, err, out)
+		pid := grandchild(r.ID)
+		require.True(t, pidAlive(pid))
+		w.kill(w.agent)
+		// The flow's processes die with the agent, before any restart.
+		w.eventually("the flow's processes died with the agent", func() bool { return !pidAlive(pid) })
+		w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
+		w.eventually("run ended", func() bool { return deskrun.RunState(w.runShow(r.ID).State).Terminal() })
+		got := w.runShow(r.ID)
+		require.Equal(t, "failed", got.State)
+		require.Equal(t, deskrun.CodeAgentLost, got.Error.Code)
+	})
+}
