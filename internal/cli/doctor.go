@@ -16,7 +16,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/agent"
 	"github.com/deskrun/deskrun/internal/identity"
+	"github.com/deskrun/deskrun/internal/identity/ldap"
 	"github.com/deskrun/deskrun/internal/identity/pam"
 )
 
@@ -35,6 +37,9 @@ type doctorOptions struct {
 	Timeout time.Duration
 	// host paths, hidden: tests point them at fixtures
 	SSSDConf, Krb5Conf, SmbConf string
+	// DirectoryConfig is the agent config with the directory: section;
+	// StateDir the agent state whose key opens the sealed service password.
+	DirectoryConfig, StateDir string
 }
 
 func newDoctorCmd(a *app) *cobra.Command {
@@ -45,7 +50,12 @@ func newDoctorCmd(a *app) *cobra.Command {
 		Long: `Check, on this machine: running as root; deskrun's PAM services installed (and
 never falling back to "other"); the join state (SSSD, winbind, Kerberos realm); the
 domain's authentication endpoints (DNS SRV, TCP to KDC and LDAP) and the clock skew
-against the domain controller. With --user, also: NSS resolves the user; the
+against the domain controller. With the agent's directory (the directory: section of
+--directory-config, else discovered from sssd.conf): TCP 88/389/636 to its DC, an LDAPS
+or StartTLS connection with the certificate verified, the clock skew against the DC's
+own clock (rootDSE currentTime; Kerberos allows 5 minutes), and whether the service
+account binds and can read the attributes deskrun's reasons need (userAccountControl,
+msDS-User-Account-Control-Computed, badPwdCount). With --user, also: NSS resolves the user; the
 account's state in shadow (locked, expired, password age, expiring soon, faillock);
 and whether each logon type is granted (the account stage, without a password).
 
@@ -65,6 +75,8 @@ Each check passes, warns or fails, with the fix. Exits 1 if any check fails.`,
 	for _, n := range []string{"sssd-conf", "krb5-conf", "smb-conf"} {
 		_ = f.MarkHidden(n)
 	}
+	f.StringVar(&o.DirectoryConfig, "directory-config", agent.DefaultConfigFile, "agent config with the directory: section")
+	f.StringVar(&o.StateDir, "state-dir", "", "agent state directory, whose key opens the sealed service password (default /var/lib/deskrun/agent as root)")
 	return c
 }
 
@@ -99,6 +111,7 @@ func runDoctor(ctx context.Context, a *app, o *doctorOptions) error {
 		add(check{Name: "join", Status: "pass", Detail: fmt.Sprintf("%s, domain %s, realm %s (from %s)", join.State, join.Domain, join.Realm, strings.Join(join.Sources, ", "))})
 	}
 	checks = append(checks, endpointChecks(ctx, join, o.Timeout)...)
+	checks = directoryChecks(ctx, a, o, join, checks)
 
 	if o.User != "" {
 		checks = append(checks, userChecks(ctx, s, join, o.User, root)...)
@@ -365,4 +378,199 @@ func sntpOffset(host string, timeout time.Duration) (time.Duration, error) {
 	}
 	t2, t3 := ntp(resp[32:40]), ntp(resp[40:48])
 	return (t2.Sub(t1) + t3.Sub(t4)) / 2, nil
+}
+
+// directoryChecks check the agent's directory (agent.yaml's directory:
+// section, else what sssd.conf says): the DC's ports, a verified TLS
+// connection, the clock skew against the DC's own clock (LDAP rootDSE
+// currentTime, which a DC always serves, unlike NTP), and the service
+// account. They replace endpointChecks' clock skew when they read it.
+func directoryChecks(ctx context.Context, a *app, o *doctorOptions, join identity.JoinInfo, checks []check) []check {
+	add := func(c check) {
+		for i := range checks {
+			if checks[i].Name == c.Name {
+				if c.Name == "clock skew" || checks[i].Status == "skip" {
+					checks[i] = c
+				}
+				return
+			}
+		}
+		checks = append(checks, c)
+	}
+	dc, source, err := loadDirectory(o)
+	switch {
+	case err != nil:
+		add(check{Name: "directory", Status: "fail", Detail: err.Error(), Fix: "fix the directory: section of " + o.DirectoryConfig + " (docs/identity.md, Domain users with SSSD)"})
+		return checks
+	case dc == nil:
+		add(check{Name: "directory", Status: "skip", Detail: "no directory configured (" + o.DirectoryConfig + " has no directory: section, sssd.conf no domain)"})
+		return checks
+	}
+	add(check{Name: "directory", Status: "pass", Detail: fmt.Sprintf("%s, domain %s (from %s)", dc.URL, dc.Domain, source)})
+	cfg := dc.LDAPConfig()
+	cfg.Timeout = o.Timeout
+	var prov *ldap.Provider
+	if dc.ServicePasswordSealed != "" {
+		state := o.StateDir
+		if state == "" {
+			state = defaultAgentStateDir(a.io.Getenv)
+		}
+		id, err := agent.LoadIdentity(state)
+		if err == nil {
+			d := *dc
+			d.Timeout = o.Timeout
+			prov, err = d.DirectoryProvider(id.SealKey, "")
+		}
+		if err != nil {
+			add(check{Name: "directory service account", Status: "fail", Detail: "the sealed password does not open: " + err.Error(),
+				Fix: "deskrun agent directory set-service-password --state-dir " + state + " --config " + o.DirectoryConfig})
+		}
+	}
+	if prov == nil {
+		cfg.ServiceDN = ""
+		prov = ldap.New(cfg)
+	}
+
+	// DNS SRV for the directory's domain, unless the join checks did it.
+	if !strings.EqualFold(join.Domain, dc.Domain) || join.State == deskrun.JoinLocal {
+		sctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		var r net.Resolver
+		for _, srv := range []string{"ldap", "kerberos"} {
+			name := fmt.Sprintf("_%s._tcp.%s", srv, dc.Domain)
+			_, addrs, err := r.LookupSRV(sctx, srv, "tcp", dc.Domain)
+			if err != nil || len(addrs) == 0 {
+				add(check{Name: "dns srv " + srv, Status: "warn", Detail: name + ": no record; the configured " + dc.URL + " is used",
+					Fix: "point /etc/resolv.conf at the domain's DNS servers (the DCs) for failover"})
+				continue
+			}
+			var hosts []string
+			for _, a := range addrs {
+				hosts = append(hosts, strings.TrimSuffix(a.Target, "."))
+			}
+			add(check{Name: "dns srv " + srv, Status: "pass", Detail: name + ": " + strings.Join(hosts, ", ")})
+		}
+		cancel()
+	}
+
+	// TCP to the directory's DC: Kerberos, LDAP, LDAPS.
+	host := dcHost(dc.URL)
+	ports := []string{"88", "389", "636"}
+	results := make([]check, len(ports))
+	var wg sync.WaitGroup
+	for i, port := range ports {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			addr := net.JoinHostPort(host, port)
+			d := net.Dialer{Timeout: o.Timeout}
+			conn, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				results[i] = check{Name: "tcp " + addr, Status: "fail", Detail: err.Error(), Fix: "start the DC or open the firewall to it (TCP 88 Kerberos, 389 LDAP, 636 LDAPS), check the VPN"}
+				return
+			}
+			conn.Close()
+			results[i] = check{Name: "tcp " + addr, Status: "pass", Detail: "reachable"}
+		}()
+	}
+	wg.Wait()
+	for _, c := range results {
+		add(c)
+	}
+
+	pctx, cancel := context.WithTimeout(ctx, 3*o.Timeout)
+	defer cancel()
+	pr, err := prov.Probe(pctx, "")
+	if err != nil {
+		c := check{Name: "directory ldap", Status: "fail", Detail: err.Error()}
+		var de *deskrun.Error
+		if errors.As(err, &de) {
+			c.Detail = fmt.Sprintf("%s: %s", de.Reason, de.Message)
+			if de.Provider != nil {
+				c.Detail += " (" + de.Provider.Detail + ")"
+			}
+			c.Fix = de.Resolution
+		}
+		add(c)
+		return checks
+	}
+	tlsMode := "LDAPS"
+	if dc.StartTLS {
+		tlsMode = "StartTLS"
+	}
+	add(check{Name: "directory ldap", Status: "pass", Detail: fmt.Sprintf("%s %s, certificate verified", tlsMode, pr.Server)})
+	if !pr.Time.IsZero() {
+		skew := pr.Skew
+		detail := fmt.Sprintf("%v against the DC %s (LDAP currentTime %s)", skew, pr.Server, pr.Time.UTC().Format(time.RFC3339))
+		switch abs := skew.Abs(); {
+		case abs > 5*time.Minute:
+			add(check{Name: "clock skew", Status: "fail", Detail: detail + ": Kerberos refuses more than 5m (TimeDifferenceAtDC)", Fix: "sync the clock with the DC: chronyc makestep, or timedatectl set-ntp true"})
+		case abs > time.Minute:
+			add(check{Name: "clock skew", Status: "warn", Detail: detail, Fix: "enable NTP: timedatectl set-ntp true"})
+		default:
+			add(check{Name: "clock skew", Status: "pass", Detail: detail})
+		}
+	}
+	switch {
+	case dc.ServiceAccount() == "":
+		add(check{Name: "directory service account", Status: "warn",
+			Detail: "none configured: a domain user pam_sss refuses gets AccountRestriction, not the exact reason (disabled, expired, locked, logon hours)",
+			Fix:    "add service_user (a read-only account) to the directory: section, then deskrun agent directory set-service-password"})
+	case dc.ServicePasswordSealed == "":
+		add(check{Name: "directory service account", Status: "fail", Detail: dc.ServiceAccount() + " has no sealed password",
+			Fix: "deskrun agent directory set-service-password --config " + o.DirectoryConfig})
+	case pr.ServiceErr != nil && !pr.ServiceBound:
+		c := check{Name: "directory service account", Status: "fail", Detail: dc.ServiceAccount() + ": " + pr.ServiceErr.Error(),
+			Fix: "check the account in the directory, then deskrun agent directory set-service-password --config " + o.DirectoryConfig}
+		var de *deskrun.Error
+		if errors.As(pr.ServiceErr, &de) && de.Provider != nil {
+			c.Detail = fmt.Sprintf("%s: %s (%s)", dc.ServiceAccount(), de.Reason, de.Provider.Result)
+		}
+		add(c)
+	case pr.ServiceErr != nil:
+		add(check{Name: "directory service account", Status: "fail", Detail: pr.ServiceErr.Error(), Fix: "let the service account read users under " + dc.BaseDN})
+	default:
+		var missing []string
+		for _, attr := range ldap.NeededAttributes {
+			if !pr.Readable[attr] {
+				missing = append(missing, attr)
+			}
+		}
+		if len(missing) > 0 {
+			add(check{Name: "directory service account", Status: "fail",
+				Detail: fmt.Sprintf("%s cannot read %s of %s", dc.ServiceAccount(), strings.Join(missing, ", "), pr.Sample),
+				Fix:    "grant the service account read access to these attributes of user objects (AD: Read all user information / Read Property)"})
+		} else {
+			add(check{Name: "directory service account", Status: "pass",
+				Detail: fmt.Sprintf("%s binds and reads %s (checked on %s)", dc.ServiceAccount(), strings.Join(ldap.NeededAttributes, ", "), pr.Sample)})
+		}
+	}
+	return checks
+}
+
+// loadDirectory reads the directory: section of the agent config, else
+// discovers the directory from sssd.conf.
+func loadDirectory(o *doctorOptions) (*agent.DirectoryConfig, string, error) {
+	if o.DirectoryConfig != "" {
+		if _, err := os.Stat(o.DirectoryConfig); err == nil {
+			dc, err := agent.LoadDirectoryConfig(o.DirectoryConfig)
+			if err != nil || dc != nil {
+				return dc, o.DirectoryConfig, err
+			}
+		}
+	}
+	dc, err := agent.DiscoverDirectory(identity.HostPaths{SSSDConf: o.SSSDConf, Krb5Conf: o.Krb5Conf})
+	if dc != nil {
+		dc.ServiceDN = "" // discovered: no sealed password to go with it
+	}
+	return dc, o.SSSDConf + " (discovered)", err
+}
+
+// dcHost is the host of an ldap:// or ldaps:// URL.
+func dcHost(u string) string {
+	h := strings.TrimPrefix(strings.TrimPrefix(u, "ldaps://"), "ldap://")
+	h, _, _ = strings.Cut(h, "/")
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		return host
+	}
+	return strings.Trim(h, "[]")
 }
