@@ -100,6 +100,7 @@ func (a *API) routes() {
 
 	a.route("GET /api/v1/machines", deskrun.RoleViewer, a.listMachines)
 	a.route("GET /api/v1/machines/{machine}", deskrun.RoleViewer, a.getMachine)
+	a.route("PATCH /api/v1/machines/{machine}", deskrun.RoleAdmin, a.updateMachine)
 	a.route("DELETE /api/v1/machines/{machine}", deskrun.RoleAdmin, a.deleteMachine)
 
 	a.route("POST /api/v1/tokens", deskrun.RoleAdmin, a.createToken)
@@ -347,6 +348,19 @@ func (a *API) listMachines(w http.ResponseWriter, r *http.Request) error {
 
 func (a *API) getMachine(w http.ResponseWriter, r *http.Request) error {
 	m, err := a.svc.Machine(r.Context(), r.PathValue("machine"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, wire.MachineFrom(m))
+	return nil
+}
+
+func (a *API) updateMachine(w http.ResponseWriter, r *http.Request) error {
+	var req wire.MachineUpdate
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	m, err := a.svc.UpdateMachine(r.Context(), r.PathValue("machine"), req)
 	if err != nil {
 		return err
 	}

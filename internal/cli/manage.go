@@ -61,7 +61,7 @@ func newMachineCmd(a *app) *cobra.Command {
 				{"id", m.ID}, {"name", m.Name}, {"state", m.State}, {"offline reason", m.OfflineReason},
 				{"last seen", ago(m.LastSeen)}, {"os/arch", m.OS + "/" + m.Arch}, {"kernel", m.Kernel},
 				{"agent", m.AgentVersion}, {"protocol", strconv.Itoa(m.ProtocolVersion)},
-				{"join state", m.JoinState}, {"domain", m.Domain}, {"slots", strconv.Itoa(m.Slots)}, {"seal key", m.SealKeyID},
+				{"join state", m.JoinState}, {"domain", m.Domain}, {"slots", strconv.Itoa(m.Slots)}, {"sessions", m.Sessions}, {"seal key", m.SealKeyID},
 			}
 			for _, r := range rows {
 				if r[1] != "" {
@@ -86,7 +86,32 @@ func newMachineCmd(a *app) *cobra.Command {
 			return nil
 		},
 	}
-	c.AddCommand(list, show, del)
+	var upd wire.MachineUpdate
+	var setJSON bool
+	set := &cobra.Command{
+		Use: "set MACHINE --unattended-sessions shared|exclusive", Short: "Change a machine's policy", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if upd.UnattendedSessions == "" {
+				return usagef("nothing to change: give --unattended-sessions")
+			}
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			m, err := cl.UpdateMachine(cmd.Context(), args[0], upd)
+			if err != nil {
+				return err
+			}
+			if setJSON {
+				return printJSON(a.io.Out, m)
+			}
+			fmt.Fprintf(a.io.Out, "machine %s: unattended sessions %s\n", m.Name, m.Sessions)
+			return nil
+		},
+	}
+	set.Flags().StringVar(&upd.UnattendedSessions, "unattended-sessions", "", "shared, or exclusive (a user who already has a session gets SessionExistsForTheUserWhenUnattended)")
+	set.Flags().BoolVar(&setJSON, "json", false, "print JSON")
+	c.AddCommand(list, show, set, del)
 	return c
 }
 

@@ -400,3 +400,10 @@ func (c *Client) DesktopFlowVersion(ctx context.Context, name string, version in
 func (c *Client) DeleteDesktopFlow(ctx context.Context, name string) error {
 	return c.Do(ctx, http.MethodDelete, "/api/v1/desktopflows/"+url.PathEscape(name), nil, nil)
 }
+
+// UpdateMachine changes a machine's policy.
+func (c *Client) UpdateMachine(ctx context.Context, idOrName string, req wire.MachineUpdate) (*wire.Machine, error) {
+	var out wire.Machine
+	err := c.Do(ctx, http.MethodPatch, "/api/v1/machines/"+url.PathEscape(idOrName), req, &out)
+	return &out, err
+}

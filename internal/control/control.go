@@ -219,6 +219,23 @@ func (s *Service) Machines(ctx context.Context) ([]*deskrun.Machine, error) {
 	return s.Store.ListMachines(ctx)
 }
 
+// UpdateMachine changes a machine's policy.
+func (s *Service) UpdateMachine(ctx context.Context, idOrName string, req wire.MachineUpdate) (*deskrun.Machine, error) {
+	m, err := s.Machine(ctx, idOrName)
+	if err != nil {
+		return nil, err
+	}
+	if req.UnattendedSessions != "" {
+		if req.UnattendedSessions != "shared" && req.UnattendedSessions != "exclusive" {
+			return nil, &deskrun.Error{Code: deskrun.CodeInvalid, Field: "unattended_sessions", Message: fmt.Sprintf("unattended_sessions %q: use shared or exclusive", req.UnattendedSessions)}
+		}
+		if err := s.Store.SetMachineSessions(ctx, m.ID, req.UnattendedSessions); err != nil {
+			return nil, err
+		}
+	}
+	return s.Store.GetMachine(ctx, m.ID)
+}
+
 // DeleteMachine removes a machine; its agent can no longer connect.
 func (s *Service) DeleteMachine(ctx context.Context, idOrName string) error {
 	m, err := s.Machine(ctx, idOrName)

@@ -409,6 +409,8 @@ func TestOpenAPIMatchesResponses(t *testing.T) {
 		{"GET", "/api/v1/machines", ""},
 		{"GET", "/api/v1/machines/oa", ""},
 		{"GET", "/api/v1/machines/missing", ""},
+		{"PATCH", "/api/v1/machines/oa", `{"unattended_sessions":"exclusive"}`},
+		{"PATCH", "/api/v1/machines/oa", `{"unattended_sessions":"sometimes"}`},
 		{"POST", "/api/v1/tokens", `{"kind":"api","role":"maker","name":"m"}`},
 		{"POST", "/api/v1/tokens", `{"kind":"enrollment","uses":2,"ttl":"10m"}`},
 		{"POST", "/api/v1/tokens", `{"kind":"nope"}`},

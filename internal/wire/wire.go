@@ -28,6 +28,7 @@ type Machine struct {
 	JoinState       string    `json:"join_state"`
 	Domain          string    `json:"domain,omitempty"`
 	Slots           int       `json:"slots"`
+	Sessions        string    `json:"unattended_sessions"`
 	SealKeyID       string    `json:"seal_key_id"`
 	SealKey         []byte    `json:"seal_key"` // HPKE public key, for clients that seal credentials
 	State           string    `json:"state"`
@@ -41,9 +42,17 @@ func MachineFrom(m *deskrun.Machine) Machine {
 	return Machine{
 		ID: m.ID, Name: m.Name, OS: m.OS, Arch: m.Arch, Kernel: m.Kernel,
 		AgentVersion: m.AgentVersion, ProtocolVersion: m.ProtocolVersion,
-		JoinState: string(m.JoinState), Domain: m.Domain, Slots: m.Slots, SealKeyID: m.SealKeyID, SealKey: m.SealKey,
+		JoinState: string(m.JoinState), Domain: m.Domain, Slots: m.Slots, Sessions: m.Sessions, SealKeyID: m.SealKeyID, SealKey: m.SealKey,
 		State: string(m.State), LastSeen: m.LastSeen, OfflineReason: m.OfflineReason, CreatedAt: m.CreatedAt,
 	}
+}
+
+// MachineUpdate is the body of PATCH /api/v1/machines/{machine}.
+type MachineUpdate struct {
+	// UnattendedSessions is "shared" or "exclusive": with exclusive, an
+	// unattended run of a user who already has a session on the machine
+	// fails with SessionExistsForTheUserWhenUnattended.
+	UnattendedSessions string `json:"unattended_sessions,omitempty"`
 }
 
 // MachineList is the body of GET /api/v1/machines.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"image/png"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -115,6 +116,29 @@ printf '{"uid": %s, "greeting": "%s"}' "$(id -u)" "$DESKRUN_INPUT_GREETING" > "$
 		require.Equal(t, "hello", outputs["greeting"])
 		require.NotZero(t, r.StartedAt)
 		require.NotZero(t, r.LogonAt)
+	})
+
+	t.Run("follow the output", func(t *testing.T) {
+		out := w.run("desktopflow", "run", "probe", "--connection", "robot", "--input", "greeting=followed", "--follow")
+		require.Contains(t, out, "greeting=followed count=2")
+		require.Contains(t, out, "succeeded")
+	})
+
+	t.Run("exclusive sessions", func(t *testing.T) {
+		w.run("machine", "set", "box", "--unattended-sessions", "exclusive")
+		defer w.run("machine", "set", "box", "--unattended-sessions", "shared")
+		uid, gid := mustAtoi(t, u.Uid), mustAtoi(t, u.Gid)
+		other := exec.Command("sleep", "60")
+		other.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+		require.NoError(t, other.Start())
+		r, _, err := w.runFlow("probe", "--connection", "robot", "--input", "greeting=x", "--wait", "60s")
+		require.Error(t, err)
+		require.Equal(t, deskrun.CodeSessionExistsUnattended, r.Error.Code)
+		other.Process.Kill()
+		other.Wait()
+		r, out, err := w.runFlow("probe", "--connection", "robot", "--input", "greeting=x", "--wait", "60s")
+		require.NoError(t, err, out)
+		require.Equal(t, "succeeded", r.State)
 	})
 
 	t.Run("bad inputs are refused before any run", func(t *testing.T) {
