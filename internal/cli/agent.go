@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/user"
 
@@ -66,7 +67,7 @@ named in the token, trusting only the CA whose fingerprint the token carries.`,
 }
 
 func newAgentRunCmd(a *app) *cobra.Command {
-	var state, logLevel string
+	var state, logLevel, agentConfig string
 	var slots int
 	var po pamOptions
 	c := &cobra.Command{
@@ -79,23 +80,56 @@ func newAgentRunCmd(a *app) *cobra.Command {
 			}
 			log := a.logger(logLevel)
 			warnIdentity(a, log.Warn)
-			ag := &agent.Agent{StateDir: state, Log: log, Info: agent.HostInfo(agent.DefaultHostFiles, slots), Logon: a.logonProvider(&po), ReapRuns: true}
+			logon, err := a.logonProvider(&po, state, agentConfig, log)
+			if err != nil {
+				return err
+			}
+			ag := &agent.Agent{StateDir: state, Log: log, Info: agent.HostInfo(agent.DefaultHostFiles, slots), Logon: logon, ReapRuns: true}
 			return ag.Run(cmd.Context())
 		},
 	}
 	c.Flags().StringVar(&state, "state-dir", "", "agent state directory (default /var/lib/deskrun/agent as root)")
 	c.Flags().IntVar(&slots, "slots", 1, "how many runs this machine takes at once")
 	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	c.Flags().StringVar(&agentConfig, "agent-config", "", "agent config with a directory: section (default "+agent.DefaultConfigFile+" if it exists)")
 	po.register(c, true)
 	return c
 }
 
 // logonProvider is the PAM provider the agent logs users on with: the same
 // one `deskrun diagnose logon` uses.
-func (a *app) logonProvider(po *pamOptions) identity.Provider {
+//
+// When the agent config (/etc/deskrun/agent.yaml, or --agent-config) has a
+// directory section, the provider asks the directory why PAM refused a
+// domain user (pam_sss says PERM_DENIED alike for disabled, expired,
+// locked and logon hours), so the reason is exact.
+func (a *app) logonProvider(po *pamOptions, stateDir, agentConfig string, log *slog.Logger) (identity.Provider, error) {
 	join, _ := identity.DetectJoin(identity.DefaultHostPaths())
 	host, _ := os.Hostname()
-	return pam.New(pam.Config{Stack: po.stack(a), Join: join, Machine: host})
+	cfg := pam.Config{Stack: po.stack(a), Join: join, Machine: host}
+	explicit := agentConfig != ""
+	if !explicit {
+		agentConfig = agent.DefaultConfigFile
+	}
+	if _, err := os.Stat(agentConfig); err == nil || explicit {
+		dc, err := agent.LoadDirectoryConfig(agentConfig)
+		if err != nil {
+			return nil, err
+		}
+		if dc != nil {
+			id, err := agent.LoadIdentity(stateDir)
+			if err != nil {
+				return nil, err
+			}
+			dp, err := dc.DirectoryProvider(id.SealKey, host)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Directory = dp
+			log.Info("directory configured: refusals of domain users are explained from it", "config", agentConfig)
+		}
+	}
+	return pam.New(cfg), nil
 }
 
 // warnIdentity says, once, whom this agent can act as.

@@ -90,7 +90,11 @@ func (a *app) runDev(ctx context.Context, cfg server.Config, name string, writeC
 	}
 
 	connected := make(chan struct{}, 1)
-	ag := &agent.Agent{StateDir: stateDir, Log: log.With("component", "agent"), Info: info, Logon: a.logonProvider(po), ReapRuns: true,
+	logon, err := a.logonProvider(po, stateDir, "", log)
+	if err != nil {
+		return err
+	}
+	ag := &agent.Agent{StateDir: stateDir, Log: log.With("component", "agent"), Info: info, Logon: logon, ReapRuns: true,
 		OnConnected: func() {
 			select {
 			case connected <- struct{}{}:
