@@ -3,6 +3,7 @@ package bench_test
 import (
 	"context"
 	"os"
+	"os/exec"
 	"os/signal"
 	"syscall"
 	"testing"
@@ -113,4 +114,33 @@ func BenchmarkJobRoundTrip(b *testing.B) {
 	b.ReportMetric(us(c.P999), "p99.9-µs")
 	b.ReportMetric(us(s.P50), "server-p50-µs")
 	b.ReportMetric(us(s.P99), "server-p99-µs")
+}
+
+// TestRunStart runs three desktop-flow runs as a real SHA-512 user through
+// a real server, agent, PAM stack and runas, so the run scenario's harness
+// cannot rot. It needs root (useradd, PAM, setuid).
+func TestRunStart(t *testing.T) {
+	if err := bench.NeedRoot(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the run scenario needs root, and CI runs as root")
+		}
+		t.Skip(err.Error())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	r, err := bench.RunStart(ctx, bench.RunOptions{N: 3, Hashes: []string{bench.HashSHA512},
+		Env: bench.DesktopEnvOptions{Data: t.TempDir()}})
+	require.NoError(t, err)
+	require.Len(t, r.Kinds, 1)
+	s := r.Kinds[0].Stages
+	for name, p := range map[string]bench.Percentiles{"total": s.Total, "queue": s.Queue, "push": s.Push, "logon": s.Logon, "spawn": s.Spawn, "date": s.Date} {
+		require.Equal(t, 3, p.N, name)
+		require.Positive(t, p.Min, name)
+		require.Less(t, p.Max, 10*time.Second, name)
+	}
+	// The stamp comes from inside the run, after the logon and the spawn.
+	require.Greater(t, s.Total.Min, s.Logon.Min)
+	out, err := exec.Command("getent", "passwd").Output()
+	require.NoError(t, err)
+	require.NotContains(t, string(out), r.Kinds[0].User+":", "the bench user was not deleted")
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -16,10 +17,13 @@ func newBenchCmd(a *app) *cobra.Command {
 		n, warmup, agents          int
 		heartbeat, cpuWindow       time.Duration
 		asJSON                     bool
+		hashes                     []string
+		users, slots, submitters   int
+		cpuProfile                 string
 	)
 	c := &cobra.Command{
-		Use:   "bench --scenario roundtrip|agents",
-		Short: "Measure job latency and idle-agent cost on this machine (loopback)",
+		Use:   "bench --scenario roundtrip|agents|run|burst",
+		Short: "Measure job latency, idle-agent cost and desktop-flow run starts on this machine (loopback)",
 		Long: `Measure deskrun on this machine, over real loopback sockets. BENCHMARKS.md has the
 numbers and how they were taken.
 
@@ -28,7 +32,14 @@ numbers and how they were taken.
              (client side), and the job's created_at → finished_at (server side).
   agents     starts ` + "`deskrun server`" + ` as its own process, enrolls and connects N
              simulated agents over TLS WebSockets (real handshake), lets them idle with
-             heartbeats, and reports the server's RSS/PSS per agent and heartbeat CPU.`,
+             heartbeats, and reports the server's RSS/PSS per agent and heartbeat CPU.
+  run        (root) creates local users with SHA-512 and yescrypt passwords (drb_*, deleted
+             after), a private PAM stack, a server and a real agent in this process, and
+             times N sequential desktop-flow runs per user: the API trigger → the flow's
+             first command as the user, with the stages (queue, push, logon, session,
+             spawn) from the run's timestamps and the agent's timings.
+  burst      (root) submits N runs at once across --users SHA-512 users to one machine
+             with --slots slots and reports starts per second (--cpuprofile for a profile).`,
 		Args: cobra.NoArgs,
 		// Hidden: a developer's tool, documented in BENCHMARKS.md rather
 		// than in the help of every user.
@@ -68,8 +79,42 @@ numbers and how they were taken.
 					fmt.Fprintf(a.io.Out, "  heartbeat CPU: %.2f%% of a core (%d beats in %s, %s each); %.3f%% per 1,000 agents at 10 s\n",
 						r.CPUPercent, r.Heartbeats, r.CPUWindow, r.CPUPerHeartbeat, r.CPUPercentPer1000At10s)
 				}
+			case "run", "burst":
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					progress = nil
+				}
+				if n == 2000 && !cmd.Flags().Changed("n") { // roundtrip's default
+					n = map[string]int{"run": 200, "burst": 1000}[scenario]
+				}
+				if !cmd.Flags().Changed("warmup") {
+					warmup = 5
+				}
+				env := bench.DesktopEnvOptions{Executable: exe, Data: data, SQLiteSync: sqliteSync, Progress: progress}
+				if scenario == "run" {
+					r, err := bench.RunStart(ctx, bench.RunOptions{N: n, Warmup: warmup, Hashes: hashes, Env: env})
+					if err != nil {
+						return err
+					}
+					res = r
+					if !asJSON {
+						printRunStart(a.io.Out, r)
+					}
+				} else {
+					r, err := bench.Burst(ctx, bench.BurstOptions{N: n, Users: users, Slots: slots, Submitters: submitters, CPUProfile: cpuProfile, Env: env})
+					if err != nil {
+						return err
+					}
+					res = r
+					if !asJSON {
+						printBurst(a.io.Out, r, cpuProfile)
+					}
+				}
 			default:
-				return usagef("--scenario must be roundtrip or agents, not %q", scenario)
+				return usagef("--scenario must be roundtrip, agents, run or burst, not %q", scenario)
 			}
 			if asJSON {
 				return printJSON(a.io.Out, map[string]any{"scenario": scenario, "result": res})
@@ -78,14 +123,70 @@ numbers and how they were taken.
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&scenario, "scenario", "roundtrip", "roundtrip or agents")
-	f.IntVar(&n, "n", 2000, "roundtrip: measured round trips")
-	f.IntVar(&warmup, "warmup", 100, "roundtrip: unmeasured round trips first")
-	f.StringVar(&sqliteSync, "sqlite-sync", "FULL", "roundtrip: SQLite synchronous mode, FULL or NORMAL")
+	f.StringVar(&scenario, "scenario", "roundtrip", "roundtrip, agents, run or burst")
+	f.IntVar(&n, "n", 2000, "roundtrip: measured round trips; run: runs per user (default 200); burst: runs (default 1000)")
+	f.IntVar(&warmup, "warmup", 100, "roundtrip: unmeasured round trips first; run: unmeasured runs per user (default 5)")
+	f.StringVar(&sqliteSync, "sqlite-sync", "FULL", "roundtrip, run, burst: SQLite synchronous mode, FULL or NORMAL")
+	f.StringSliceVar(&hashes, "hashes", []string{bench.HashSHA512, bench.HashYescrypt}, "run: one user per password hash (sha512, yescrypt)")
+	f.IntVar(&users, "users", 8, "burst: SHA-512 users, one connection each")
+	f.IntVar(&slots, "slots", 8, "burst: the machine's slots")
+	f.IntVar(&submitters, "submitters", 32, "burst: concurrent API clients submitting")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "burst: write a CPU profile of the process (server + agent) to this file")
 	f.IntVar(&agents, "agents", 2000, "agents: simulated agents")
 	f.DurationVar(&heartbeat, "heartbeat", time.Second, "agents: heartbeat interval")
 	f.DurationVar(&cpuWindow, "cpu-window", 10*time.Second, "agents: how long server CPU is sampled")
 	f.StringVar(&data, "data", "", "server data directory (default: a temporary one, removed after)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return c
+}
+
+func printStages(w io.Writer, s bench.Stages) {
+	row := func(name string, p bench.Percentiles) {
+		if p.N == 0 {
+			return
+		}
+		fmt.Fprintf(w, "    %-8s %s\n", name, p)
+	}
+	row("total", s.Total)
+	row("api", s.API)
+	row("queue", s.Queue)
+	row("push", s.Push)
+	row("logon", s.Logon)
+	row("session", s.Session)
+	row("display", s.Display)
+	row("spawn", s.Spawn)
+	row("exec", s.Exec)
+	row("no-hash", s.NoHash)
+	row("date", s.Date)
+}
+
+func printRunStart(w io.Writer, r *bench.RunResult) {
+	fmt.Fprintf(w, "desktop-flow run: trigger → process started, sqlite %s\n", r.SQLiteSync)
+	for _, k := range r.Kinds {
+		fmt.Fprintf(w, "  %s (%s): without logon p50 %s (target ≤ %s: %s), p99 %s (target ≤ %s: %s)\n", k.Hash, k.User,
+			k.Stages.NoHash.P50.Round(10*time.Microsecond), bench.TargetNoHashP50, metOrNot(k.MetP50),
+			k.Stages.NoHash.P99.Round(10*time.Microsecond), bench.TargetNoHashP99, metOrNot(k.MetP99))
+		printStages(w, k.Stages)
+	}
+}
+
+func printBurst(w io.Writer, r *bench.BurstResult, profile string) {
+	fmt.Fprintf(w, "burst: %d runs, %d SHA-512 users, %d slots, %d submitters\n", r.N, r.Users, r.Slots, r.Submitters)
+	fmt.Fprintf(w, "  submitted in %s (%.0f/s); first start %s, last start %s: %.0f starts/s (target ≥ %.0f: %s); last finish %s\n",
+		r.Submitted.Round(time.Millisecond), r.SubmitPerSec, r.FirstStart.Round(time.Millisecond), r.LastStart.Round(time.Millisecond),
+		r.StartsPerSec, bench.TargetStartsPS, metOrNot(r.Met), r.LastFinish.Round(time.Millisecond))
+	fmt.Fprintf(w, "  CPU over %s: this process %s, children %s; machine %.0f%% busy (%d cores)\n",
+		r.Wall.Round(time.Millisecond), r.ProcessCPU.Round(time.Millisecond), r.ChildrenCPU.Round(time.Millisecond), r.MachineBusy, r.Cores)
+	fmt.Fprintln(w, "  per run, under load:")
+	printStages(w, r.Stages)
+	if profile != "" {
+		fmt.Fprintf(w, "  CPU profile: go tool pprof -top %s\n", profile)
+	}
+}
+
+func metOrNot(b bool) string {
+	if b {
+		return "met"
+	}
+	return "NOT met"
 }

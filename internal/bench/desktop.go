@@ -1,0 +1,380 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/agent"
+	"github.com/deskrun/deskrun/internal/client"
+	"github.com/deskrun/deskrun/internal/control"
+	"github.com/deskrun/deskrun/internal/desktopflow"
+	"github.com/deskrun/deskrun/internal/identity/pam"
+	"github.com/deskrun/deskrun/internal/server"
+	"github.com/deskrun/deskrun/internal/wire"
+)
+
+// Password hashes of the benchmark's users (chpasswd -c).
+const (
+	HashSHA512   = "sha512"
+	HashYescrypt = "yescrypt"
+)
+
+// UserPrefix starts the name of every local user the desktop scenarios
+// create (and delete at the end).
+const UserPrefix = "drb_"
+
+const (
+	benchPassword = "Bench-Run-Secret-42!"
+	// The flow stamps its start from inside the user's process: /bin/sh
+	// (dash) forks and execs date, whose format writes "t=<ns since the
+	// epoch>" straight into $DESKRUN_OUTPUT (no subshell). The calibrating
+	// variant stamps a second time right after, so u − t is what one
+	// fork+exec of date costs on this machine: the stamp t is late by
+	// about that much (dash's own start is not in it).
+	flowPlain = "bench-start"
+	flowCal   = "bench-start-cal"
+	runPlain  = `date +t=%s%N >"$DESKRUN_OUTPUT"`
+	runCal    = `date +t=%s%N >"$DESKRUN_OUTPUT"; date +u=%s%N >>"$DESKRUN_OUTPUT"`
+)
+
+// DesktopEnvOptions configure the world of the desktop-flow scenarios.
+type DesktopEnvOptions struct {
+	// Users lists the hash of each local user to create; each gets a
+	// connection named drb-<hash>-<i>.
+	Users []string
+	// Slots is the agent's machine slots.
+	Slots int
+	// Executable is the deskrun binary that runas re-executes to drop to
+	// the user; empty means build one (go build ./cmd/deskrun).
+	Executable string
+	// Data holds the server's and the agent's data; empty means a fresh
+	// temporary directory, removed afterwards.
+	Data string
+	// SQLiteSync is FULL (the default) or NORMAL.
+	SQLiteSync string
+	// Log receives the server's and the agent's logs; nil discards them.
+	Log *slog.Logger
+	// Progress, if set, receives one line per phase.
+	Progress io.Writer
+}
+
+// DesktopEnv is an in-process server, an in-process agent with the real
+// PAM provider on a private PAM stack and runas re-executing a real
+// deskrun binary, real local users and their connections, and the
+// benchmark's desktop flows.
+type DesktopEnv struct {
+	Server      *server.Server
+	Client      *client.Client
+	Machine     string
+	Users       []string // local user names, in DesktopEnvOptions.Users order
+	Connections []string // connection names, likewise
+
+	base     string // 0711: binary, PAM stack, agent state
+	tmpData  bool
+	cancel   context.CancelFunc
+	done     chan error
+	progress func(string, ...any)
+}
+
+// NeedRoot says why the desktop scenarios cannot run as this user, or nil.
+func NeedRoot() error {
+	if os.Geteuid() != 0 {
+		return errors.New("the run and burst scenarios need root: they create local users (useradd, chpasswd), install a private PAM stack, and run flows as those users through PAM and setuid; run them as root")
+	}
+	return nil
+}
+
+// StartDesktopEnv sets the world up. On error everything made so far is
+// undone (users deleted, agent and server stopped, temporary data
+// removed); otherwise Close does it.
+func StartDesktopEnv(ctx context.Context, o DesktopEnvOptions) (_ *DesktopEnv, err error) {
+	if err := NeedRoot(); err != nil {
+		return nil, err
+	}
+	if len(o.Users) == 0 {
+		return nil, errors.New("desktop bench: no users")
+	}
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	env := &DesktopEnv{progress: func(format string, a ...any) {
+		if o.Progress != nil {
+			fmt.Fprintf(o.Progress, format+"\n", a...)
+		}
+	}}
+	defer func() {
+		if err != nil {
+			env.Close()
+		}
+	}()
+	if _, err := RaiseFileLimit(); err != nil {
+		return nil, err
+	}
+	if env.base, err = os.MkdirTemp("", "deskrun-bench-run-"); err != nil {
+		return nil, err
+	}
+	// The users reach their run directories below base/agent/runs.
+	if err := os.Chmod(env.base, 0o711); err != nil {
+		return nil, err
+	}
+	exe := o.Executable
+	if exe == "" {
+		exe = filepath.Join(env.base, "deskrun")
+		t0 := time.Now()
+		if out, err := exec.CommandContext(ctx, "go", "build", "-o", exe, "github.com/deskrun/deskrun/cmd/deskrun").CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("go build deskrun (the binary runas re-executes): %v\n%s", err, out)
+		}
+		env.progress("built %s in %s", exe, time.Since(t0).Round(time.Millisecond))
+	}
+
+	// Users first: they are what must never be left behind.
+	var rnd [3]byte
+	_, _ = rand.Read(rnd[:])
+	tag := hex.EncodeToString(rnd[:])
+	for i, h := range o.Users {
+		method := map[string]string{HashSHA512: "SHA512", HashYescrypt: "YESCRYPT"}[h]
+		if method == "" {
+			return nil, fmt.Errorf("desktop bench: unknown hash %q (sha512 or yescrypt)", h)
+		}
+		name := fmt.Sprintf("%s%s%c%d", UserPrefix, tag, h[0], i)
+		if err := shadowTool(ctx, "useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh", "-U", name); err != nil {
+			return nil, err
+		}
+		env.Users = append(env.Users, name)
+		cmd := exec.CommandContext(ctx, "chpasswd", "-c", method)
+		cmd.Stdin = strings.NewReader(name + ":" + benchPassword + "\n")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("chpasswd -c %s: %v\n%s", method, err, out)
+		}
+	}
+	env.progress("created users %s", strings.Join(env.Users, " "))
+
+	stack := pam.Stack{
+		PAMDir: filepath.Join(env.base, "pam.d"), ConfigDir: filepath.Join(env.base, "pam"),
+		FaillockDir: filepath.Join(env.base, "faillock"), NologinFile: filepath.Join(env.base, "nologin"),
+		Deny: 5, UnlockTime: 600,
+	}
+	if _, err := pam.Install(stack); err != nil {
+		return nil, fmt.Errorf("install the PAM stack: %w", err)
+	}
+
+	data := o.Data
+	if data == "" {
+		data, env.tmpData = filepath.Join(env.base, "data"), true
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	cfg := server.DefaultConfig()
+	cfg.Listen, cfg.Data, cfg.LogLevel = addr, filepath.Join(data, "server"), "warn"
+	if o.SQLiteSync != "" {
+		cfg.SQLiteSync = o.SQLiteSync
+	}
+	env.Server = &server.Server{Config: cfg, Log: log, Version: "bench"}
+	if err := env.Server.Start(ctx); err != nil {
+		env.Server = nil
+		return nil, fmt.Errorf("start server: %w", err)
+	}
+	s := env.Server
+	if env.Client, err = client.New(s.Config.URL, s.AdminToken, s.TLS.CAPEM); err != nil {
+		return nil, err
+	}
+	_, tok, err := s.Control.CreateToken(ctx, wire.TokenCreate{Kind: string(deskrun.TokenEnrollment), Name: "bench agent"})
+	if err != nil {
+		return nil, err
+	}
+	// The agent's state directory must be searchable by the users (their
+	// run directories are below it), like the default /var/lib/deskrun.
+	stateDir := filepath.Join(env.base, "agent")
+	info := agent.HostInfo(agent.DefaultHostFiles, max(o.Slots, 1))
+	m, err := agent.Enroll(ctx, agent.EnrollOptions{Token: tok, Name: "bench-box", StateDir: stateDir, Info: info, Force: true})
+	if err != nil {
+		return nil, fmt.Errorf("enroll agent: %w", err)
+	}
+	env.Machine = m.ID
+	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	env.cancel, env.done = cancel, make(chan error, 1)
+	a := &agent.Agent{StateDir: stateDir, Log: log, Info: info, Logon: pam.New(pam.Config{Stack: stack}),
+		RunAsExecutable: exe, ReapRuns: true}
+	go func() { env.done <- a.Run(actx) }()
+	deadline := time.Now().Add(15 * time.Second)
+	for !s.Hub.Online(m.ID) {
+		select {
+		case err := <-env.done:
+			env.done <- err
+			return nil, fmt.Errorf("agent stopped before connecting: %v", err)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, errors.New("agent did not connect within 15s")
+		}
+	}
+
+	// Connections through control, with a plain password: each is sealed
+	// to the agent's key and tested there (one real PAM logon).
+	admin := control.Actor{ID: "bench", Role: deskrun.RoleAdmin}
+	for i, u := range env.Users {
+		name := fmt.Sprintf("drb-%s-%d", o.Users[i], i)
+		if _, _, err := s.Control.CreateConnection(ctx, admin, wire.ConnectionCreate{Name: name, Machine: m.ID, Username: u,
+			Password: wire.Secret(benchPassword)}); err != nil {
+			return nil, fmt.Errorf("create connection %s for %s: %w", name, u, err)
+		}
+		env.Connections = append(env.Connections, name)
+	}
+	for name, run := range map[string]string{flowPlain: runPlain, flowCal: runCal} {
+		if err := pushFlow(ctx, env.Client, env.base, name, run); err != nil {
+			return nil, err
+		}
+	}
+	env.progress("server %s, agent %s (%d slots), %d connections, flows pushed", s.Config.URL, m.ID, info.Slots, len(env.Connections))
+	return env, nil
+}
+
+func pushFlow(ctx context.Context, cl *client.Client, base, name, run string) error {
+	dir, err := os.MkdirTemp(base, "flow-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	outs := "  - name: t\n"
+	if strings.Contains(run, "u=") {
+		outs += "  - name: u\n"
+	}
+	man := fmt.Sprintf("name: %s\ndescription: stamps its start (ns) and exits\noutputs:\n%srun: '%s'\ntimeout: 1m\n", name, outs, run)
+	if err := os.WriteFile(filepath.Join(dir, desktopflow.ManifestFile), []byte(man), 0o644); err != nil {
+		return err
+	}
+	archive, _, _, err := desktopflow.Pack(dir)
+	if err != nil {
+		return fmt.Errorf("pack flow %s: %w", name, err)
+	}
+	if _, _, err := cl.PushDesktopFlow(ctx, archive); err != nil {
+		return fmt.Errorf("push flow %s: %w", name, err)
+	}
+	return nil
+}
+
+// shadowTool runs useradd and friends, retrying while another process
+// holds the passwd lock.
+func shadowTool(ctx context.Context, args ...string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+		if err == nil {
+			return nil
+		}
+		if !strings.Contains(string(out), "lock") || time.Now().After(deadline) {
+			return fmt.Errorf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Close stops the agent and the server, deletes the users and removes
+// the temporary files. It is safe on a half-made environment.
+func (e *DesktopEnv) Close() {
+	if e.cancel != nil {
+		e.cancel()
+		<-e.done
+		e.cancel = nil
+	}
+	if e.Server != nil {
+		e.Server.Stop()
+		e.Server = nil
+	}
+	for _, u := range e.Users {
+		// -f: even if a process of the user survived its run.
+		if err := shadowTool(context.Background(), "userdel", "-f", u); err != nil {
+			e.progress("warning: could not delete user %s: %v", u, err)
+		}
+	}
+	e.Users = nil
+	if e.base != "" {
+		_ = os.RemoveAll(e.base)
+		e.base = ""
+	}
+}
+
+// runStamp is one finished run with the stamps the flow wrote.
+type runStamp struct {
+	run   wire.Run
+	start time.Time // t: the flow's first action
+	date  time.Duration
+}
+
+// startRun triggers a run through the HTTP API (POST
+// /api/v1/desktopflows/{flow}/runs).
+func (e *DesktopEnv) startRun(ctx context.Context, flow, conn string) (wire.Run, error) {
+	var r wire.Run
+	err := e.Client.Do(ctx, "POST", "/api/v1/desktopflows/"+url.PathEscape(flow)+"/runs", wire.RunCreate{Connection: conn}, &r)
+	return r, err
+}
+
+// waitRun waits (in process, one waiter) for a run to end and reads its
+// stamps; it fails unless the run succeeded.
+func (e *DesktopEnv) waitRun(ctx context.Context, id string) (*runStamp, error) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		r, err := e.Server.Control.Run(ctx, id, time.Minute)
+		if err != nil {
+			return nil, err
+		}
+		if r.State.Terminal() {
+			return stampOf(wire.RunFrom(r))
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("run %s still %s after 2 minutes", id, r.State)
+		}
+	}
+}
+
+func stampOf(r wire.Run) (*runStamp, error) {
+	if r.State != string(deskrun.RunSucceeded) {
+		return nil, fmt.Errorf("run %s ended %s: %v", r.ID, r.State, r.Error)
+	}
+	var outs map[string]any
+	if err := json.Unmarshal(r.Outputs, &outs); err != nil {
+		return nil, fmt.Errorf("run %s: outputs %s: %w", r.ID, r.Outputs, err)
+	}
+	ns := func(k string) (int64, error) {
+		s, _ := outs[k].(string)
+		return strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	}
+	t, err := ns("t")
+	if err != nil {
+		return nil, fmt.Errorf("run %s: output t %v: %w", r.ID, outs["t"], err)
+	}
+	st := &runStamp{run: r, start: time.Unix(0, t)}
+	if u, err := ns("u"); err == nil {
+		st.date = time.Duration(u - t)
+	}
+	return st, nil
+}
+
+func (st *runStamp) timing(name string) time.Duration {
+	var m map[string]int64
+	_ = json.Unmarshal(st.run.Timings, &m)
+	return time.Duration(m[name]) * time.Microsecond
+}
