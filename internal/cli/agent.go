@@ -107,6 +107,11 @@ func (a *app) logonProvider(po *pamOptions, stateDir, agentConfig string, log *s
 	join, _ := identity.DetectJoin(identity.DefaultHostPaths())
 	host, _ := os.Hostname()
 	cfg := pam.Config{Stack: po.stack(a), Join: join, Machine: host}
+	// The services install-pam wrote say whether logons go through a
+	// directory module, whatever DetectJoin found.
+	if cfg.Stack.Directory == "" {
+		cfg.Stack.Directory = cfg.Stack.InstalledDirectory(identity.LogonInteractive)
+	}
 	explicit := agentConfig != ""
 	if !explicit {
 		agentConfig = agent.DefaultConfigFile

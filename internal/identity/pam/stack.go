@@ -10,6 +10,7 @@
 package pam
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -51,6 +52,25 @@ func DefaultStack() Stack {
 		Deny:        5,
 		UnlockTime:  600,
 	}
+}
+
+// InstalledDirectory reads which directory module (pam_sss, pam_winbind)
+// the installed service of logon type t loads, so a provider built from
+// flags knows it is talking to a directory even when the machine's
+// sssd.conf or smb.conf is not where DetectJoin looks. "" means none (or
+// no service installed).
+func (s Stack) InstalledDirectory(t identity.LogonType) string {
+	b, err := os.ReadFile(s.ServiceFile(t))
+	if err != nil {
+		return ""
+	}
+	switch {
+	case bytes.Contains(b, []byte("pam_sss.so")):
+		return "sss"
+	case bytes.Contains(b, []byte("pam_winbind.so")):
+		return "winbind"
+	}
+	return ""
 }
 
 // ServiceName is the PAM service of a logon type: deskrun-interactive, …
