@@ -349,7 +349,7 @@ func (s *Service) failRun(ctx context.Context, r *deskrun.Run, e *deskrun.Error)
 	s.wakeRun(r.ID)
 }
 
-// runForJob finds the run a job carries (memory first, then the store).
+// runForJob finds the run a job carries.
 func (s *Service) runForJob(ctx context.Context, jobID string) (*deskrun.Run, error) {
 	return s.Store.GetRunByJob(ctx, jobID)
 }
@@ -562,7 +562,7 @@ func (s *Service) wakeRun(id string) {
 	}
 }
 
-// Runs lists runs.
+// ListRuns lists runs.
 func (s *Service) ListRuns(ctx context.Context, f store.RunFilter) ([]*deskrun.Run, error) {
 	return s.Store.ListRuns(ctx, f)
 }

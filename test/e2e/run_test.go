@@ -12,7 +12,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -246,7 +245,6 @@ func mustAtoi(t *testing.T, s string) int {
 	return n
 }
 
-var _ = time.Second
 
 // TestRunDurability kills the server, then the agent, in the middle of runs.
 func TestRunDurability(t *testing.T) {
