@@ -245,7 +245,6 @@ func mustAtoi(t *testing.T, s string) int {
 	return n
 }
 
-
 // TestRunDurability kills the server, then the agent, in the middle of runs.
 func TestRunDurability(t *testing.T) {
 	t.Parallel()
