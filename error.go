@@ -49,6 +49,14 @@ const (
 	CodeDesktopFlowPackageTooLarge = "DesktopFlowPackageTooLarge" // over the compressed or unpacked limit
 	CodeDesktopFlowPackageInvalid  = "DesktopFlowPackageInvalid"  // not a safe archive, or not the digest it claims
 
+	// Cloud flows: the definition a maker applies, the inputs of a run, the
+	// webhooks that trigger one, and how a step ends.
+	CodeFlowInvalid             = "FlowInvalid"             // the YAML breaks the schema or a check; line and column named
+	CodeFlowInputInvalid        = "FlowInputInvalid"        // undeclared, missing or mistyped input of a flow run
+	CodeWebhookSignatureInvalid = "WebhookSignatureInvalid" // missing, wrong or old X-Deskrun-Signature
+	CodeFlowStepFailed          = "FlowStepFailed"          // an http step's request failed or got an unexpected status
+	CodeFlowStepInterrupted     = "FlowStepInterrupted"     // the server died while a non-idempotent step was in flight
+
 	// Identity: every logon failure carries this code and a specific Reason.
 	CodeWindowsIdentityIncorrect = "WindowsIdentityIncorrect"
 )

@@ -228,8 +228,10 @@ func bearer(r *http.Request) string {
 func StatusOf(code string) int {
 	switch code {
 	case deskrun.CodeInvalid, deskrun.CodeMalformedJSON, deskrun.CodeDesktopFlowInvalid, deskrun.CodeDesktopFlowInputInvalid,
-		deskrun.CodeDesktopFlowPackageInvalid:
+		deskrun.CodeDesktopFlowPackageInvalid, deskrun.CodeFlowInvalid, deskrun.CodeFlowInputInvalid:
 		return http.StatusBadRequest
+	case deskrun.CodeWebhookSignatureInvalid:
+		return http.StatusUnauthorized
 	case deskrun.CodeUnauthorized, deskrun.CodeEnrollmentTokenInvalid, deskrun.CodeEnrollmentTokenExpired,
 		deskrun.CodeEnrollmentTokenUsedUp, deskrun.CodeAgentAuthFailed:
 		return http.StatusUnauthorized

@@ -818,4 +818,33 @@ var catalog = []Entry{
 		Message:    "The package archive is not safe or not whole: an entry escapes the package (absolute path, ..), is a link or a device, appears twice, or the archive does not match its digest.",
 		Resolution: "Push the directory with `deskrun desktopflow push DIR`, which packs only regular files and directories; replace symbolic links with the files they point to.",
 	},
+
+	// ---------------------------------------------------------------
+	// Cloud flows (deskrun flow apply, runs, webhooks).
+	{
+		Reason: deskrun.CodeFlowInvalid, Code: deskrun.CodeFlowInvalid, Category: "flow", HTTP: 400,
+		Message:    "The flow definition breaks the schema (/api/v1/schemas/flow.json) or a check made when it is applied: a step id used twice, a reference to a later or unknown step, an expression that does not type-check, a cron string or time zone that is not one. The message names the file, line, column and field.",
+		Resolution: "Fix the field at the line and column shown; `deskrun flow apply FILE` checks again without running anything.",
+	},
+	{
+		Reason: deskrun.CodeFlowInputInvalid, Code: deskrun.CodeFlowInputInvalid, Category: "flow", HTTP: 400,
+		Message:    "An input given to a flow run is not declared by the flow, a required input is missing, or a value is not of the input's type.",
+		Resolution: "Pass only the inputs the flow declares, each of its type (see `deskrun flow show NAME`).",
+	},
+	{
+		Reason: deskrun.CodeWebhookSignatureInvalid, Code: deskrun.CodeWebhookSignatureInvalid, Category: "flow", HTTP: 401,
+		Message:    "The webhook request has no X-Deskrun-Signature header, its HMAC-SHA256 does not match the hook's secret, its timestamp is too old or too far ahead, or it replays a delivery already received.",
+		Resolution: "Sign each request: X-Deskrun-Signature: t=UNIX,v1=hex(HMAC-SHA256(secret, \"UNIX.\" + body)) with the current time and the secret stored under the hook's secret name (deskrun secret set NAME --value-stdin).",
+	},
+	{
+		Reason: deskrun.CodeFlowStepFailed, Code: deskrun.CodeFlowStepFailed, Category: "flow", HTTP: 502,
+		Message:    "An http step of a flow got no answer, or an answer whose status the step does not expect.",
+		Resolution: "Look at the step in `deskrun run show ID`: the error names the URL's host and the status; 5xx, 429 and network errors are retried when the step has retry.",
+		Retryable:  true,
+	},
+	{
+		Reason: deskrun.CodeFlowStepInterrupted, Code: deskrun.CodeFlowStepInterrupted, Category: "flow", HTTP: 500,
+		Message:    "The server stopped while an http step that is not marked idempotent was in flight: deskrun cannot know whether the request had its effect, so it does not send it again.",
+		Resolution: "Check the target system; mark the step `idempotent: true` if sending it twice is harmless, and run the flow again.",
+	},
 }
