@@ -43,6 +43,8 @@ type Tx interface {
 	// whether its caller already holds a transaction.
 	InTx(ctx context.Context, fn func(Tx) error) error
 
+	FlowTx
+
 	// Machines.
 	CreateMachine(ctx context.Context, m *deskrun.Machine) error
 	GetMachine(ctx context.Context, id string) (*deskrun.Machine, error)

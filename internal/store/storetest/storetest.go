@@ -36,6 +36,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"DesktopFlows", desktopFlowTests},
 		{"Runs", runTests},
 		{"RunLogs", runLogTests},
+		{"Flows", flowTests},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
