@@ -144,6 +144,21 @@ type Tx interface {
 	// that no version of any flow uses any more.
 	DeleteDesktopFlow(ctx context.Context, name string) error
 
+	// Console users and sessions. GetSession returns an expired session
+	// too (CodeNotFound only when missing); the caller checks ExpiresAt.
+	// DeleteSession of a missing session is not an error.
+	CreateUser(ctx context.Context, u *deskrun.User) error
+	GetUser(ctx context.Context, name string) (*deskrun.User, error)
+	ListUsers(ctx context.Context) ([]*deskrun.User, error)
+	// UpdateUser writes a user's password hash and role.
+	UpdateUser(ctx context.Context, u *deskrun.User) error
+	CreateSession(ctx context.Context, s *deskrun.Session) error
+	GetSession(ctx context.Context, idHash []byte) (*deskrun.Session, error)
+	DeleteSession(ctx context.Context, idHash []byte) error
+	// DeleteExpiredSessions deletes sessions whose ExpiresAt is at or
+	// before now and returns how many.
+	DeleteExpiredSessions(ctx context.Context, now time.Time) (int, error)
+
 	// Audit log, append only.
 	AppendAudit(ctx context.Context, e *deskrun.AuditEvent) error
 	// ListAudit returns events newest first.
