@@ -119,6 +119,8 @@ func (a *API) routes() {
 
 	a.runRoutes()
 
+	a.userRoutes()
+
 	a.route("POST /api/v1/jobs", deskrun.RoleMaker, a.createJob)
 	a.route("GET /api/v1/jobs", deskrun.RoleViewer, a.listJobs)
 	a.route("GET /api/v1/jobs/{job}", deskrun.RoleViewer, a.getJob)

@@ -109,6 +109,7 @@ Start here:  deskrun dev`,
 		newRunCmd(a),
 		newTokenCmd(a),
 		newJobCmd(a),
+		newUserCmd(a),
 	} {
 		c.GroupID = "manage"
 		root.AddCommand(c)

@@ -193,6 +193,13 @@ func (c *Client) CreateToken(ctx context.Context, req wire.TokenCreate) (*wire.T
 	return &out, err
 }
 
+// CreateUser creates a console user.
+func (c *Client) CreateUser(ctx context.Context, req wire.UserCreate) (*wire.User, error) {
+	var out wire.User
+	err := c.Do(ctx, http.MethodPost, "/api/v1/users", req, &out)
+	return &out, err
+}
+
 // Tokens lists tokens of a kind ("" for all).
 func (c *Client) Tokens(ctx context.Context, kind string) ([]wire.Token, error) {
 	var out wire.TokenList
