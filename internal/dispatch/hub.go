@@ -72,6 +72,7 @@ type Hub struct {
 	mu       sync.Mutex
 	machines map[string]*machineState
 	waiters  map[string][]chan struct{} // job id → closed when the job ends
+	presence chan struct{}              // closed (and replaced) when a machine goes online or offline
 	stopped  bool
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -119,6 +120,29 @@ func (h *Hub) Start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// PresenceChanged returns a channel that is closed the next time a
+// machine goes online or offline (after the store has the change), for
+// live views such as the console's machine list: they wait on it instead
+// of polling.
+func (h *Hub) PresenceChanged() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.presence == nil {
+		h.presence = make(chan struct{})
+	}
+	return h.presence
+}
+
+func (h *Hub) presenceChanged() {
+	h.mu.Lock()
+	ch := h.presence
+	h.presence = nil
+	h.mu.Unlock()
+	if ch != nil {
+		close(ch)
+	}
 }
 
 // Stop closes every agent connection. It is safe to call more than once.
@@ -439,6 +463,7 @@ func (h *Hub) register(ctx context.Context, c *agentConn, mach *deskrun.Machine,
 		queued, err = h.store.ListJobs(ctx, store.JobFilter{MachineID: mach.ID, States: []deskrun.JobState{deskrun.JobQueued}, Limit: 1 << 20})
 	}
 	m.mu.Unlock()
+	h.presenceChanged() // after m.mu: Connected takes h.mu, then m.mu
 	if old != nil {
 		old.close(websocket.StatusPolicyViolation, "replaced by a newer connection of the same machine")
 	}
@@ -619,6 +644,7 @@ func (h *Hub) disconnect(c *agentConn, reason string) {
 	if err := h.store.SetMachinePresence(ctx, c.machineID, deskrun.MachineOffline, h.now(), reason); err != nil && ctx.Err() == nil {
 		h.log.Error("mark machine offline", "machine_id", c.machineID, "err", err)
 	}
+	h.presenceChanged()
 	if ctx.Err() == nil {
 		h.armLease(m, c.machineID)
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/deskrun/deskrun/internal/pki"
 	"github.com/deskrun/deskrun/internal/store"
 	"github.com/deskrun/deskrun/internal/store/sqlite"
+	"github.com/deskrun/deskrun/internal/web"
 	"github.com/deskrun/deskrun/internal/wire"
 )
 
@@ -166,7 +167,14 @@ func (s *Server) Start(ctx context.Context) error {
 		writeJSON(w, http.StatusOK, wire.Health{Status: "ready", Version: s.Version})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle("/", apiH) // unknown routes get the API's error envelope
+	console, err := web.New(s.Control, s.Log, s.Version)
+	if err != nil {
+		s.schedStop()
+		s.Hub.Stop()
+		db.Close()
+		return fmt.Errorf("console: %w", err)
+	}
+	mux.Handle("/", console) // the web console; /api/ keeps the API's error envelope
 
 	ok = true
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{s.TLS.Cert}, NextProtos: []string{"h2", "http/1.1"}}
