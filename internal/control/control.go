@@ -39,9 +39,14 @@ type Service struct {
 	Notify *notify.Notifier
 	// Runs is the run-queue policy.
 	Runs RunPolicy
+	// Flows tunes cloud flows; Secrets seals the secret store (nil: no
+	// secret store).
+	Flows   FlowPolicy
+	Secrets *SecretBox
 
 	connLocks keyedMutex
 	sched     scheduler
+	flows     flowEngine
 }
 
 func (s *Service) now() time.Time { return s.Now() }

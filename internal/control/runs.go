@@ -122,6 +122,12 @@ func (s *Service) Kick() {
 
 // StartRun queues a run of a desktop flow through a connection.
 func (s *Service) StartRun(ctx context.Context, actor Actor, flowName string, req wire.RunCreate) (*deskrun.Run, error) {
+	return s.startRun(ctx, actor, flowName, req, "")
+}
+
+// startRun is StartRun with the run's id chosen by the caller (a flow
+// step records it before the run exists, so a restart finds the run).
+func (s *Service) startRun(ctx context.Context, actor Actor, flowName string, req wire.RunCreate, id string) (*deskrun.Run, error) {
 	flow, err := s.Store.GetDesktopFlow(ctx, flowName, req.Version)
 	if err != nil {
 		return nil, err
@@ -151,7 +157,10 @@ func (s *Service) StartRun(ctx context.Context, actor Actor, flowName string, re
 		return nil, &deskrun.Error{Code: deskrun.CodeInvalid, Field: "priority", Message: fmt.Sprintf("priority %q: use high or normal", req.Priority)}
 	}
 	now := s.now()
-	r := &deskrun.Run{ID: deskrun.NewID("r", now), Flow: flow.Name, Version: flow.Version, Digest: flow.Digest,
+	if id == "" {
+		id = deskrun.NewID("r", now)
+	}
+	r := &deskrun.Run{ID: id, Flow: flow.Name, Version: flow.Version, Digest: flow.Digest,
 		ConnectionID: conn.ID, Priority: prio, Inputs: inJSON, State: deskrun.RunQueued, Screenshot: req.Screenshot,
 		CreatedAt: now, UpdatedAt: now, QueueDeadline: now.Add(s.Runs.QueueTimeout)}
 	if conn.State == deskrun.ConnectionBroken {
