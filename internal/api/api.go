@@ -119,6 +119,8 @@ func (a *API) routes() {
 
 	a.runRoutes()
 
+	a.flowRoutes()
+
 	a.userRoutes()
 
 	a.route("POST /api/v1/jobs", deskrun.RoleMaker, a.createJob)

@@ -147,6 +147,17 @@ func (s *Server) Start(ctx context.Context) error {
 	s.Hub.Listener = s.Control
 	s.schedCtx, s.schedStop = context.WithCancel(context.WithoutCancel(ctx))
 	s.Control.StartScheduler(s.schedCtx)
+	if s.Control.Secrets, err = control.LoadSecretBox(filepath.Join(cfg.Data, "secrets.key")); err != nil {
+		s.Hub.Stop()
+		db.Close()
+		return err
+	}
+	s.Control.Flows = control.DefaultFlowPolicy()
+	if err := s.Control.StartFlows(s.schedCtx); err != nil {
+		s.Hub.Stop()
+		db.Close()
+		return fmt.Errorf("start flows: %w", err)
+	}
 	if err := s.bootstrap(ctx); err != nil {
 		s.Hub.Stop()
 		db.Close()
@@ -156,6 +167,7 @@ func (s *Server) Start(ctx context.Context) error {
 	apiH := api.New(api.Config{MaxBodyBytes: cfg.MaxBodyBytes, Version: s.Version}, s.Control, s.Log, reg)
 	mux := http.NewServeMux()
 	mux.Handle("/api/", apiH)
+	mux.Handle("/hooks/", apiH) // webhooks of cloud flows
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, wire.Health{Status: "ok", Version: s.Version})
 	})
