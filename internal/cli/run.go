@@ -134,6 +134,9 @@ func newRunCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if strings.HasPrefix(args[0], "f_") { // a cloud-flow run
+				return a.showFlowRun(cmd.Context(), cl, args[0], showWait, showJSON)
+			}
 			var run wire.Run
 			p := "/api/v1/runs/" + url.PathEscape(args[0])
 			if showWait > 0 {

@@ -189,7 +189,9 @@ func (s *Service) Flow(ctx context.Context, name string, version int) (*deskrun.
 }
 
 // Flows lists the latest version of every flow.
-func (s *Service) ListFlows(ctx context.Context) ([]*deskrun.FlowVersion, error) { return s.Store.ListFlows(ctx) }
+func (s *Service) ListFlows(ctx context.Context) ([]*deskrun.FlowVersion, error) {
+	return s.Store.ListFlows(ctx)
+}
 
 // DeleteFlow deletes a flow's versions; its runs stay as history.
 func (s *Service) DeleteFlow(ctx context.Context, name string) error {

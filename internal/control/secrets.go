@@ -95,10 +95,14 @@ func (s *Service) SetSecret(ctx context.Context, actor Actor, name string, value
 }
 
 // Secrets lists secret names.
-func (s *Service) ListSecrets(ctx context.Context) ([]deskrun.Secret, error) { return s.Store.ListSecrets(ctx) }
+func (s *Service) ListSecrets(ctx context.Context) ([]deskrun.Secret, error) {
+	return s.Store.ListSecrets(ctx)
+}
 
 // DeleteSecret removes a secret.
-func (s *Service) DeleteSecret(ctx context.Context, name string) error { return s.Store.DeleteSecret(ctx, name) }
+func (s *Service) DeleteSecret(ctx context.Context, name string) error {
+	return s.Store.DeleteSecret(ctx, name)
+}
 
 // secretValue opens a secret.
 func (s *Service) secretValue(ctx context.Context, name string) ([]byte, error) {
