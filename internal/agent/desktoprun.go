@@ -243,6 +243,10 @@ func (a *Agent) desktopRun(ctx context.Context, raw json.RawMessage, progress fu
 		if ctx.Err() != nil || errors.Is(err, runas.ErrCancelled) {
 			return nil, cancelledError()
 		}
+		if errors.Is(err, runas.ErrTimeout) {
+			return nil, &deskrun.Error{Code: deskrun.CodeDesktopFlowTimeout,
+				Message: fmt.Sprintf("the flow's time limit of %s passed before it had started", timeout)}
+		}
 		return nil, &deskrun.Error{Code: deskrun.CodeDesktopFlowFailed,
 			Message: fmt.Sprintf("the flow could not be started as %s: %v", id.Username, err)}
 	}

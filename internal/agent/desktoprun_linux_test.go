@@ -388,7 +388,8 @@ func TestDesktopRunCancelKillsGrandchild(t *testing.T) {
 func TestDesktopRunTimeout(t *testing.T) {
 	h := newRunHarness(t, map[string]string{"README": "x"})
 	start := time.Now()
-	out, err := h.run(t, context.Background(), wire.DesktopPayload{Run: "echo started; sleep 30", TimeoutMS: 300})
+	// 1.5 s: long enough for the flow to start on a loaded 2-core machine.
+	out, err := h.run(t, context.Background(), wire.DesktopPayload{Run: "echo started; sleep 30", TimeoutMS: 1500})
 	require.NotNil(t, err)
 	require.Equal(t, deskrun.CodeDesktopFlowTimeout, err.Code)
 	require.Less(t, time.Since(start), 15*time.Second)
