@@ -60,4 +60,17 @@ func TestReadmeWalkthrough(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(w.run("run", "list", "--json")), &list))
 	require.Len(t, list.Runs, 2)
 	require.True(t, strings.Contains(w.run("run", "list"), "succeeded"))
+
+	// The first cloud flow: from the CLI, then from its webhook.
+	_, err = w.tryStdin("hook-secret-0123456789", "secret", "set", "hello_hook", "--value-stdin")
+	require.NoError(t, err)
+	w.run("flow", "apply", filepath.Join(examplesDir(), "hello.flow.yaml"))
+	out = w.run("flow", "run", "hello-flow", "--input", "who=Grace", "--wait", "60s", "--json")
+	var fr wire.FlowRun
+	require.NoError(t, json.Unmarshal([]byte(out), &fr))
+	require.Equal(t, "succeeded", fr.State, out)
+	require.JSONEq(t, `{"greeting": "hello, Grace"}`, string(fr.Outputs))
+	hr := w.hook("hello", "hook-secret-0123456789", []byte(`{"who": "Linus"}`))
+	w.eventually("webhook flow run done", func() bool { return w.flowRun(hr.ID).State == "succeeded" })
+	require.JSONEq(t, `{"greeting": "hello, Linus"}`, string(w.flowRun(hr.ID).Outputs))
 }
