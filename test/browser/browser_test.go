@@ -1,0 +1,466 @@
+// Package browser drives the web console in a real Chromium (headless,
+// through chromedp) against real deskrun server and agent processes and
+// real PAM users, as an operator would. Screenshots of the pages are saved
+// under artifacts/.
+package browser
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/stretchr/testify/require"
+)
+
+const (
+	fixturePrefix = "drt_web_"
+	fixturePW     = "Secret123!"
+	chromium      = "/usr/lib/chromium/chromium" // the binary behind Debian's /usr/bin/chromium wrapper
+)
+
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "deskrun-browser-")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "deskrun")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/deskrun").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build deskrun: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	teardownPAM()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// need skips off CI, and fails under CI, when a prerequisite is missing:
+// root (real PAM users), Chromium, Xvfb.
+func need(t *testing.T) {
+	t.Helper()
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (real PAM users)")
+	}
+	for _, p := range []string{chromium, "/usr/bin/Xvfb"} {
+		if _, err := os.Stat(p); err != nil {
+			missing = append(missing, p+" (apt-get install chromium xvfb)")
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("browser tests need %s, and CI provides them (scripts/test)", strings.Join(missing, ", "))
+	}
+	t.Skipf("browser tests need %s: run as root via .ci/run", strings.Join(missing, ", "))
+}
+
+var pamFx struct {
+	once sync.Once
+	dir  string
+	env  []string
+	err  error
+}
+
+func fixtureScript() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "fixtures", "pam-users.sh")
+}
+
+func setupPAM(t *testing.T) {
+	pamFx.once.Do(func() {
+		dir, err := os.MkdirTemp("", "deskrun-browser-pam-")
+		if err != nil {
+			pamFx.err = err
+			return
+		}
+		pamFx.dir = dir
+		pamFx.env = []string{"DESKRUN_PAM_DIR=" + filepath.Join(dir, "pam.d"), "DESKRUN_PAM_CONFIG_DIR=" + filepath.Join(dir, "config"),
+			"DESKRUN_FAILLOCK_DIR=" + filepath.Join(dir, "faillock"), "DESKRUN_NOLOGIN_FILE=" + filepath.Join(dir, "nologin")}
+		cmd := exec.Command("bash", fixtureScript(), "setup")
+		cmd.Env = append(os.Environ(), "DESKRUN_PAM_FIXTURE_DIR="+dir, "DESKRUN_PAM_FIXTURE_PREFIX="+fixturePrefix)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			pamFx.err = fmt.Errorf("pam-users.sh: %v\n%s", err, out)
+			return
+		}
+		cmd = exec.Command(bin, "agent", "install-pam")
+		cmd.Env = append(os.Environ(), pamFx.env...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			pamFx.err = fmt.Errorf("install-pam: %v\n%s", err, out)
+		}
+	})
+	require.NoError(t, pamFx.err)
+}
+
+func teardownPAM() {
+	if pamFx.dir == "" {
+		return
+	}
+	cmd := exec.Command("bash", fixtureScript(), "teardown")
+	cmd.Env = append(os.Environ(), "DESKRUN_PAM_FIXTURE_DIR="+pamFx.dir, "DESKRUN_PAM_FIXTURE_PREFIX="+fixturePrefix)
+	_ = cmd.Run()
+	os.RemoveAll(pamFx.dir)
+}
+
+// world is a server process, an agent process (machine "box") and the CLI.
+type world struct {
+	t        *testing.T
+	dir      string
+	addr     string
+	url      string
+	env      []string
+	agent    *exec.Cmd
+	agentDir string
+}
+
+func newWorld(t *testing.T) *world {
+	need(t)
+	setupPAM(t)
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	l.Close()
+	w := &world{t: t, dir: dir, addr: addr, url: "https://" + addr, agentDir: filepath.Join(dir, "agent")}
+	w.env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
+	w.env = append(w.env, pamFx.env...)
+	w.start("server", "--data", filepath.Join(dir, "data"), "--listen", addr, "--heartbeat-interval", "200ms")
+	w.eventually("server ready", func() bool {
+		_, err := os.Stat(filepath.Join(dir, "data", "admin.token"))
+		return err == nil
+	})
+	tok, err := os.ReadFile(filepath.Join(dir, "data", "admin.token"))
+	require.NoError(t, err)
+	w.env = append(w.env, "DESKRUN_SERVER="+w.url, "DESKRUN_TOKEN="+strings.TrimSpace(string(tok)),
+		"DESKRUN_CA_FILE="+filepath.Join(dir, "data", "tls", "ca.crt"))
+	w.eventually("server answers", func() bool { _, err := w.try("machine", "list"); return err == nil })
+	enroll := strings.TrimSpace(w.run("token", "create", "--enrollment"))
+	w.run("agent", "enroll", "--token", enroll, "--name", "box", "--state-dir", w.agentDir)
+	w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
+	w.eventually("machine online", func() bool { return strings.Contains(w.run("machine", "list"), "online") })
+	return w
+}
+
+func (w *world) start(args ...string) *exec.Cmd {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = w.env
+	logf, err := os.OpenFile(filepath.Join(w.dir, args[0]+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	require.NoError(w.t, err)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	require.NoError(w.t, cmd.Start())
+	w.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); logf.Close() })
+	return cmd
+}
+
+func (w *world) run(args ...string) string {
+	w.t.Helper()
+	out, err := w.try(args...)
+	require.NoError(w.t, err, "deskrun %s: %s", strings.Join(args, " "), out)
+	return out
+}
+
+func (w *world) try(args ...string) (string, error) {
+	return w.tryStdin("", args...)
+}
+
+func (w *world) tryStdin(stdin string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = w.env
+	cmd.Stdin = strings.NewReader(stdin)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+func (w *world) eventually(what string, cond func() bool) {
+	w.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			logs, _ := filepath.Glob(filepath.Join(w.dir, "*.log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				w.t.Logf("%s:\n%s", l, b)
+			}
+			w.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// flowDir writes a desktop flow package.
+func flowDir(t *testing.T, manifest string, files map[string]string) string {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "desktopflow.yaml"), []byte(manifest), 0o644))
+	for name, body := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(body), 0o755))
+	}
+	return dir
+}
+
+// spki pins the server's certificate for Chromium: the base64 SHA-256 of
+// its public key, for --ignore-certificate-errors-spki-list. Only this
+// server's certificate is accepted, not any.
+func (w *world) spki() string {
+	b, err := os.ReadFile(filepath.Join(w.dir, "data", "tls", "server.crt"))
+	require.NoError(w.t, err)
+	blk, _ := pem.Decode(b)
+	require.NotNil(w.t, blk)
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	require.NoError(w.t, err)
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// browser starts a headless Chromium with its own profile.
+func (w *world) browser(t *testing.T) context.Context {
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(shortTemp(t)),
+		chromedp.Env("TMPDIR="+shortTemp(t)),
+		chromedp.WindowSize(1280, 900),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-domain-reliability", true),
+		chromedp.Flag("no-pings", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("ignore-certificate-errors-spki-list", w.spki()),
+	)
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelB := chromedp.NewContext(actx)
+	ctx, cancelT := context.WithTimeout(ctx, 5*time.Minute)
+	t.Cleanup(func() { cancelT(); cancelB(); cancelA() })
+	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate("about:blank")))
+	return ctx
+}
+
+// shortTemp is a temporary directory with a short path: Chromium's
+// singleton socket path must fit in a sockaddr_un (108 bytes), which
+// t.TempDir's long names under a subtest do not.
+func shortTemp(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "cr")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// shot saves a full-page screenshot as artifacts/NAME.png.
+func shot(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll("artifacts", 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join("artifacts", name+".png"), png, 0o644))
+}
+
+func (w *world) signIn(t *testing.T, ctx context.Context, user, password string) {
+	t.Helper()
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Navigate(w.url+"/"),
+		chromedp.WaitVisible(chromedp.ID("user")),
+		chromedp.SendKeys(chromedp.ID("user"), user),
+		chromedp.SendKeys(chromedp.ID("password"), password),
+		chromedp.Click(chromedp.ID("signin-user")),
+		chromedp.WaitVisible(chromedp.CSS("nav[aria-label=Main]")),
+	))
+}
+
+func text(t *testing.T, ctx context.Context, sel string) string {
+	t.Helper()
+	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+	require.NoError(t, err)
+	return s
+}
+
+// waitText waits until the element's text contains want.
+func waitText(t *testing.T, ctx context.Context, sel, want string) {
+	t.Helper()
+	_, err := chromedp.Run(ctx, chromedp.Poll[bool](fmt.Sprintf(`(document.querySelector(%q)?.textContent || "").includes(%q)`, sel, want),
+		chromedp.WithPollingTimeout(60*time.Second), chromedp.WithPollingInterval(50*time.Millisecond)))
+	require.NoError(t, err, "waiting for %q in %s; it has %q", want, sel, func() string {
+		s, _ := chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(`document.querySelector(%q)?.textContent || ""`, sel)))
+		return s
+	}())
+}
+
+func TestConsole(t *testing.T) {
+	w := newWorld(t)
+	ok := fixturePrefix + "ok"
+	w.run("desktopflow", "push", flowDir(t, "name: hello\ndescription: greets, then waits for the test's signal\ninputs:\n  - name: greeting\n    required: true\n  - name: signal\n    description: a file the flow waits for before it ends\n    required: true\noutputs:\n  - name: said\nrun: ./hello.sh\ntimeout: 2m\n",
+		map[string]string{"hello.sh": "#!/bin/sh\necho \"tick 1: $DESKRUN_INPUT_GREETING\"\nwhile [ ! -e \"$DESKRUN_INPUT_SIGNAL\" ]; do sleep 0.05; done\necho 'tick 2: done'\nprintf '{\"said\": \"%s\"}' \"$DESKRUN_INPUT_GREETING\" > \"$DESKRUN_OUTPUT\"\n"}))
+	_, err := w.tryStdin("maker-password\n", "user", "create", "mia", "--role", "maker", "--password-stdin")
+	require.NoError(t, err)
+	_, err = w.tryStdin("viewer-password\n", "user", "create", "vic", "--role", "viewer", "--password-stdin")
+	require.NoError(t, err)
+
+	ctx := w.browser(t)
+
+	t.Run("sign in", func(t *testing.T) {
+		w.signIn(t, ctx, "mia", "maker-password")
+		require.Contains(t, text(t, ctx, "header .who"), "user:mia")
+		require.Equal(t, "1", text(t, ctx, "#machines-online"))
+		shot(t, ctx, "overview")
+	})
+
+	t.Run("a wrong password is explained and nothing is saved; then fixed", func(t *testing.T) {
+		require.NoError(t, chromedp.Do(ctx,
+			chromedp.Navigate(w.url+"/connections"),
+			chromedp.Click(chromedp.ID("new-connection")),
+			chromedp.WaitVisible(chromedp.ID("c-name")),
+			chromedp.SendKeys(chromedp.ID("c-name"), "robot"),
+			chromedp.SendKeys(chromedp.ID("c-username"), ok),
+			chromedp.SendKeys(chromedp.ID("c-password"), "not-the-password"),
+			chromedp.Click(chromedp.ID("create-connection-submit")),
+		))
+		waitText(t, ctx, "#conn-result", "WrongPassword")
+		res := text(t, ctx, "#conn-result")
+		require.Contains(t, res, "nothing was saved")
+		require.Contains(t, res, "0xC000006D") // STATUS_LOGON_FAILURE, in hex and in decimal
+		require.Contains(t, res, "-1073741715")
+		require.Contains(t, res, "Resolution")
+		require.NotContains(t, text(t, ctx, "#conn-table"), "robot")
+		require.NotContains(t, w.run("connection", "list"), "robot", "a refused connection was saved")
+		shot(t, ctx, "connection-wrong-password")
+
+		// Fix it: the same form, the right password.
+		_, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("c-password").value = ""`))
+		require.NoError(t, err)
+		require.NoError(t, chromedp.Do(ctx,
+			chromedp.SendKeys(chromedp.ID("c-password"), fixturePW),
+			chromedp.Click(chromedp.ID("create-connection-submit")),
+		))
+		waitText(t, ctx, "#conn-result", "succeeded")
+		require.Contains(t, text(t, ctx, "#conn-result"), "Saved robot")
+		waitText(t, ctx, "#conn-table", "healthy")
+		require.Contains(t, w.run("connection", "list"), "robot")
+		shot(t, ctx, "connections")
+	})
+
+	t.Run("run a desktop flow and watch its logs stream", func(t *testing.T) {
+		sigDir, err := os.MkdirTemp("", "drt-web-signal-")
+		require.NoError(t, err)
+		defer os.RemoveAll(sigDir)
+		require.NoError(t, os.Chmod(sigDir, 0o755))
+		signal := filepath.Join(sigDir, "go")
+		require.NoError(t, chromedp.Do(ctx,
+			chromedp.Navigate(w.url+"/desktopflows/hello"),
+			chromedp.WaitVisible(chromedp.ID("run-form")),
+			chromedp.SendKeys(chromedp.ID("in-greeting"), "bonjour"),
+			chromedp.SendKeys(chromedp.ID("in-signal"), signal),
+			chromedp.Click(chromedp.ID("run-submit")),
+			chromedp.WaitVisible(chromedp.ID("run-log")),
+		))
+		// The page is loaded once; a marker on window would vanish with a
+		// reload, so the output that follows must come over the stream.
+		_, err = chromedp.Run(ctx, chromedp.Evaluate[bool](`window.__notReloaded = true`))
+		require.NoError(t, err)
+		waitText(t, ctx, "#run-log", "tick 1: bonjour")
+		require.NotContains(t, text(t, ctx, "#run-log"), "tick 2")
+		waitText(t, ctx, "#run-state", "running")
+		shot(t, ctx, "run-streaming")
+		require.NoError(t, os.WriteFile(signal, nil, 0o644))
+		waitText(t, ctx, "#run-log", "tick 2: done")
+		waitText(t, ctx, "#run-state", "succeeded")
+		waitText(t, ctx, "#outputs", "bonjour")
+		waitText(t, ctx, "#log-status", "The run is over")
+		still, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.__notReloaded === true`))
+		require.NoError(t, err)
+		require.True(t, still, "the page reloaded")
+		shot(t, ctx, "run-succeeded")
+	})
+
+	t.Run("a failed desktop run shows its screenshot", func(t *testing.T) {
+		w.run("desktopflow", "push", flowDir(t, "name: gui\ndesktop: true\nrun: ./gui.sh\n", map[string]string{"gui.sh": "#!/bin/sh\nxsetroot -solid '#336699'\nxmessage -geometry +50+50 'deskrun console test' &\nsleep 1\necho 'about to fail' >&2\nexit 3\n"}))
+		require.NoError(t, chromedp.Do(ctx,
+			chromedp.Navigate(w.url+"/desktopflows/gui"),
+			chromedp.WaitVisible(chromedp.ID("run-form")),
+			chromedp.Click(chromedp.ID("run-submit")),
+			chromedp.WaitVisible(chromedp.ID("run-log")),
+		))
+		waitText(t, ctx, "#run-state", "failed")
+		waitText(t, ctx, "#run-summary", "DesktopFlowFailed")
+		require.Equal(t, "3", text(t, ctx, "#exit-code"))
+		width, err := chromedp.Run(ctx, chromedp.Poll[int](`(() => { const i = document.getElementById("screenshot"); return i && i.complete && i.naturalWidth })()`,
+			chromedp.WithPollingTimeout(30*time.Second)))
+		require.NoError(t, err)
+		require.Equal(t, 1280, width)
+		require.Contains(t, text(t, ctx, "#run-log"), "about to fail")
+		shot(t, ctx, "run-failed-screenshot")
+
+		// The runs list filters by state.
+		require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(w.url+"/runs?state=failed"), chromedp.WaitVisible(chromedp.CSS("table"))))
+		list := text(t, ctx, "main table")
+		require.Contains(t, list, "gui")
+		require.NotContains(t, list, "hello")
+	})
+
+	t.Run("machine state updates live", func(t *testing.T) {
+		require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(w.url+"/machines"), chromedp.WaitVisible(chromedp.ID("machine-box"))))
+		require.Contains(t, text(t, ctx, "#machine-box"), "online")
+		_, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.__notReloaded = true`))
+		require.NoError(t, err)
+		require.NoError(t, w.agent.Process.Kill())
+		w.agent.Wait()
+		waitText(t, ctx, "#machine-box", "offline")
+		shot(t, ctx, "machines-offline")
+		w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
+		waitText(t, ctx, "#machine-box", "online")
+		still, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.__notReloaded === true`))
+		require.NoError(t, err)
+		require.True(t, still, "the page reloaded")
+	})
+
+	t.Run("a viewer cannot create a connection", func(t *testing.T) {
+		vctx := w.browser(t)
+		w.signIn(t, vctx, "vic", "viewer-password")
+		require.NoError(t, chromedp.Do(vctx, chromedp.Navigate(w.url+"/connections"), chromedp.WaitVisible(chromedp.ID("conn-table"))))
+		absent, err := chromedp.Run(vctx, chromedp.Evaluate[bool](`document.getElementById("create-form") === null && document.getElementById("new-connection") === null && !document.body.textContent.includes("Re-test")`))
+		require.NoError(t, err)
+		require.True(t, absent, "a viewer sees the create form or a re-test button")
+		require.Contains(t, text(t, vctx, "#conn-table"), "robot")
+		shot(t, vctx, "connections-viewer")
+
+		// The API refuses the same action to a viewer's token.
+		tok := strings.TrimSpace(w.run("token", "create", "--role", "viewer"))
+		env := w.env
+		w.env = append(append([]string{}, env...), "DESKRUN_TOKEN="+tok)
+		out, err := w.tryStdin(fixturePW+"\n", "connection", "create", "sneaky", "--machine", "box", "--username", ok, "--password-stdin", "--server-seal")
+		w.env = env
+		require.Error(t, err)
+		require.Contains(t, out, "Forbidden")
+		require.NotContains(t, w.run("connection", "list"), "sneaky")
+	})
+
+	t.Run("phone width", func(t *testing.T) {
+		require.NoError(t, chromedp.Do(ctx,
+			chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile),
+			chromedp.Navigate(w.url+"/connections"),
+			chromedp.WaitVisible(chromedp.ID("conn-table")),
+		))
+		overflow, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth + 1`))
+		require.NoError(t, err)
+		require.False(t, overflow, "the page is wider than a phone")
+		shot(t, ctx, "connections-phone")
+	})
+}
