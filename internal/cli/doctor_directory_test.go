@@ -73,7 +73,9 @@ func TestDoctorDirectoryBinary(t *testing.T) {
 		t.Helper()
 		r := deskrun(t, nil, "", "doctor", "--json", "--timeout", "2s", "--directory-config", cfg, "--state-dir", state,
 			"--sssd-conf", none, "--krb5-conf", none, "--smb-conf", none)
-		var out struct{ Checks []struct{ Name, Status, Detail, Fix string } }
+		var out struct {
+			Checks []struct{ Name, Status, Detail, Fix string }
+		}
 		require.NoError(t, json.Unmarshal([]byte(r.stdout), &out), r.stdout+r.stderr)
 		got := map[string]string{}
 		for _, c := range out.Checks {
