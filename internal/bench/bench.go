@@ -1,7 +1,8 @@
 // Package bench measures deskrun end to end, over real sockets: the
 // latency of a no-op job from the API to an agent and back (RoundTrip),
 // what idle agents cost a server in memory and heartbeat CPU (Agents), and
-// how fast a desktop-flow run starts as a real user (RunStart, Burst).
+// how fast a desktop-flow run starts as a real user (RunStart, Burst), and
+// what a webhook-triggered cloud flow adds to that start (Flow).
 // `deskrun bench` and the Go benchmarks in this package drive it; the
 // numbers and how to reproduce them are in BENCHMARKS.md.
 package bench

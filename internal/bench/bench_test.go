@@ -144,3 +144,34 @@ func TestRunStart(t *testing.T) {
 	require.NoError(t, err)
 	require.NotContains(t, string(out), r.Kinds[0].User+":", "the bench user was not deleted")
 }
+
+// TestFlow runs three webhook deliveries of a cloud flow with one desktop
+// step and three direct runs, as a real SHA-512 user, so the flow
+// scenario's harness cannot rot. It needs root, like TestRunStart.
+func TestFlow(t *testing.T) {
+	if err := bench.NeedRoot(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the flow scenario needs root, and CI runs as root")
+		}
+		t.Skip(err.Error())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	r, err := bench.Flow(ctx, bench.FlowOptions{N: 3, Env: bench.DesktopEnvOptions{Data: t.TempDir()}})
+	require.NoError(t, err)
+	for name, p := range map[string]bench.Percentiles{"webhook": r.Webhook.Total, "direct": r.Direct.Total, "webhook logon": r.Webhook.Logon,
+		"direct logon": r.Direct.Logon, "received": r.Layer.Received, "admit": r.Layer.Admit, "exec": r.Layer.Exec, "step": r.Layer.Step,
+		"reply": r.Layer.Reply, "pairs": r.PairDiff} {
+		require.Equal(t, 3, p.N, name)
+		require.Less(t, p.Max, 10*time.Second, name)
+	}
+	for name, p := range map[string]bench.Percentiles{"received": r.Layer.Received, "admit": r.Layer.Admit, "exec": r.Layer.Exec, "step": r.Layer.Step} {
+		require.Positive(t, p.Min, name)
+	}
+	// The flow layer comes before the desktop run, which comes before the stamp.
+	require.Greater(t, r.Webhook.Total.Min, r.Webhook.API.Min)
+	require.Greater(t, r.Webhook.API.Min, r.Layer.Received.Min)
+	out, err := exec.Command("getent", "passwd").Output()
+	require.NoError(t, err)
+	require.NotContains(t, string(out), r.User+":", "the bench user was not deleted")
+}

@@ -93,7 +93,7 @@ type DesktopEnv struct {
 // NeedRoot says why the desktop scenarios cannot run as this user, or nil.
 func NeedRoot() error {
 	if os.Geteuid() != 0 {
-		return errors.New("the run and burst scenarios need root: they create local users (useradd, chpasswd), install a private PAM stack, and run flows as those users through PAM and setuid; run them as root")
+		return errors.New("the run, burst and flow scenarios need root: they create local users (useradd, chpasswd), install a private PAM stack, and run flows as those users through PAM and setuid; run them as root")
 	}
 	return nil
 }

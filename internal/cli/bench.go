@@ -22,7 +22,7 @@ func newBenchCmd(a *app) *cobra.Command {
 		cpuProfile                 string
 	)
 	c := &cobra.Command{
-		Use:   "bench --scenario roundtrip|agents|run|burst",
+		Use:   "bench --scenario roundtrip|agents|run|burst|flow",
 		Short: "Measure job latency, idle-agent cost and desktop-flow run starts on this machine (loopback)",
 		Long: `Measure deskrun on this machine, over real loopback sockets. BENCHMARKS.md has the
 numbers and how they were taken.
@@ -39,7 +39,11 @@ numbers and how they were taken.
              first command as the user, with the stages (queue, push, logon, session,
              spawn) from the run's timestamps and the agent's timings.
   burst      (root) submits N runs at once across --users SHA-512 users to one machine
-             with --slots slots and reports starts per second (--cpuprofile for a profile).`,
+             with --slots slots and reports starts per second (--cpuprofile for a profile).
+  flow       (root) one SHA-512 user; applies a cloud flow with a webhook trigger and one
+             desktop step, then alternates N signed POST /hooks/{id} deliveries with N
+             direct runs of the same desktop flow and reports webhook → process start
+             against trigger → process start, and what the flow layer adds.`,
 		Args: cobra.NoArgs,
 		// Hidden: a developer's tool, documented in BENCHMARKS.md rather
 		// than in the help of every user.
@@ -79,7 +83,7 @@ numbers and how they were taken.
 					fmt.Fprintf(a.io.Out, "  heartbeat CPU: %.2f%% of a core (%d beats in %s, %s each); %.3f%% per 1,000 agents at 10 s\n",
 						r.CPUPercent, r.Heartbeats, r.CPUWindow, r.CPUPerHeartbeat, r.CPUPercentPer1000At10s)
 				}
-			case "run", "burst":
+			case "run", "burst", "flow":
 				exe, err := os.Executable()
 				if err != nil {
 					return err
@@ -88,13 +92,23 @@ numbers and how they were taken.
 					progress = nil
 				}
 				if n == 2000 && !cmd.Flags().Changed("n") { // roundtrip's default
-					n = map[string]int{"run": 200, "burst": 1000}[scenario]
+					n = map[string]int{"run": 200, "burst": 1000, "flow": 200}[scenario]
 				}
 				if !cmd.Flags().Changed("warmup") {
 					warmup = 5
 				}
 				env := bench.DesktopEnvOptions{Executable: exe, Data: data, SQLiteSync: sqliteSync, Progress: progress}
-				if scenario == "run" {
+				switch scenario {
+				case "flow":
+					r, err := bench.Flow(ctx, bench.FlowOptions{N: n, Warmup: warmup, Env: env})
+					if err != nil {
+						return err
+					}
+					res = r
+					if !asJSON {
+						printFlow(a.io.Out, r)
+					}
+				case "run":
 					r, err := bench.RunStart(ctx, bench.RunOptions{N: n, Warmup: warmup, Hashes: hashes, Env: env})
 					if err != nil {
 						return err
@@ -103,7 +117,7 @@ numbers and how they were taken.
 					if !asJSON {
 						printRunStart(a.io.Out, r)
 					}
-				} else {
+				default:
 					r, err := bench.Burst(ctx, bench.BurstOptions{N: n, Users: users, Slots: slots, Submitters: submitters, CPUProfile: cpuProfile, Env: env})
 					if err != nil {
 						return err
@@ -114,7 +128,7 @@ numbers and how they were taken.
 					}
 				}
 			default:
-				return usagef("--scenario must be roundtrip, agents, run or burst, not %q", scenario)
+				return usagef("--scenario must be roundtrip, agents, run, burst or flow, not %q", scenario)
 			}
 			if asJSON {
 				return printJSON(a.io.Out, map[string]any{"scenario": scenario, "result": res})
@@ -123,10 +137,10 @@ numbers and how they were taken.
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&scenario, "scenario", "roundtrip", "roundtrip, agents, run or burst")
-	f.IntVar(&n, "n", 2000, "roundtrip: measured round trips; run: runs per user (default 200); burst: runs (default 1000)")
-	f.IntVar(&warmup, "warmup", 100, "roundtrip: unmeasured round trips first; run: unmeasured runs per user (default 5)")
-	f.StringVar(&sqliteSync, "sqlite-sync", "FULL", "roundtrip, run, burst: SQLite synchronous mode, FULL or NORMAL")
+	f.StringVar(&scenario, "scenario", "roundtrip", "roundtrip, agents, run, burst or flow")
+	f.IntVar(&n, "n", 2000, "roundtrip: measured round trips; run: runs per user (default 200); burst: runs (default 1000); flow: webhook and direct runs each (default 200)")
+	f.IntVar(&warmup, "warmup", 100, "roundtrip: unmeasured round trips first; run, flow: unmeasured runs per user / of each kind (default 5)")
+	f.StringVar(&sqliteSync, "sqlite-sync", "FULL", "roundtrip, run, burst, flow: SQLite synchronous mode, FULL or NORMAL")
 	f.StringSliceVar(&hashes, "hashes", []string{bench.HashSHA512, bench.HashYescrypt}, "run: one user per password hash (sha512, yescrypt)")
 	f.IntVar(&users, "users", 8, "burst: SHA-512 users, one connection each")
 	f.IntVar(&slots, "slots", 8, "burst: the machine's slots")
@@ -182,6 +196,27 @@ func printBurst(w io.Writer, r *bench.BurstResult, profile string) {
 	if profile != "" {
 		fmt.Fprintf(w, "  CPU profile: go tool pprof -top %s\n", profile)
 	}
+}
+
+func printFlow(w io.Writer, r *bench.FlowResult) {
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+	fmt.Fprintf(w, "cloud flow: webhook → desktop process started, vs a direct run; sqlite %s, user %s\n", r.SQLiteSync, r.User)
+	fmt.Fprintf(w, "  webhook → start p50 %s p99 %s; direct → start p50 %s p99 %s\n",
+		ms(r.Webhook.Total.P50), ms(r.Webhook.Total.P99), ms(r.Direct.Total.P50), ms(r.Direct.Total.P99))
+	fmt.Fprintf(w, "  cloud-flow layer, p50: %s on the totals (target ≤ %s: %s), %s up to the desktop run's creation\n",
+		ms(r.Overhead), bench.TargetFlowOverheadP50, metOrNot(r.Met), ms(r.LayerOverhead))
+	fmt.Fprintf(w, "  per pair, webhook − direct: %s\n", r.PairDiff)
+	fmt.Fprintln(w, "  webhook:")
+	printStages(w, r.Webhook)
+	fmt.Fprintln(w, "  flow layer (webhook → desktop run created):")
+	for _, row := range []struct {
+		name string
+		p    bench.Percentiles
+	}{{"received", r.Layer.Received}, {"admit", r.Layer.Admit}, {"exec", r.Layer.Exec}, {"step", r.Layer.Step}, {"reply", r.Layer.Reply}} {
+		fmt.Fprintf(w, "    %-8s %s\n", row.name, row.p)
+	}
+	fmt.Fprintln(w, "  direct:")
+	printStages(w, r.Direct)
 }
 
 func metOrNot(b bool) string {
