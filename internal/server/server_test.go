@@ -417,6 +417,7 @@ func TestOpenAPIMatchesResponses(t *testing.T) {
 		{"GET", "/api/v1/tokens", ""},
 		{"GET", "/api/v1/tokens?kind=enrollment", ""},
 		{"DELETE", "/api/v1/tokens/" + tok.ID, ""},
+		{"POST", "/api/v1/users", `{"name":"oa-user","role":"viewer","password":"oa-password"}`},
 		{"POST", "/api/v1/jobs", `{"machine":"oa","kind":"noop"}`},
 		{"POST", "/api/v1/jobs", `{"machine":"oa","kind":"teleport"}`},
 		{"GET", "/api/v1/jobs/" + job.ID + "?wait=5s", ""},
