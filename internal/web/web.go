@@ -13,6 +13,7 @@ package web
 import (
 	"bytes"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
@@ -110,6 +111,12 @@ func (c *Console) routes() {
 	c.handle("GET /desktopflows", deskrun.RoleViewer, c.desktopFlows)
 	c.handle("GET /desktopflows/{flow}", deskrun.RoleViewer, c.desktopFlow)
 	c.handle("POST /desktopflows/{flow}/runs", deskrun.RoleMaker, c.startRun)
+
+	c.handle("GET /flows", deskrun.RoleViewer, c.cloudFlows)
+	c.handle("GET /flows/{flow}", deskrun.RoleViewer, c.cloudFlowPage)
+	c.handle("POST /flows/{flow}/runs", deskrun.RoleMaker, c.startFlowRun)
+	c.handle("GET /flowruns/{run}", deskrun.RoleViewer, c.flowRunPage)
+	c.handle("GET /flowruns/{run}/summary", deskrun.RoleViewer, c.flowRunSummary)
 
 	c.handle("GET /runs", deskrun.RoleViewer, c.runs)
 	c.handle("GET /runs/{run}", deskrun.RoleViewer, c.run)
@@ -263,7 +270,7 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, rq *req, err erro
 // has the full table (api.StatusOf); a page needs only the classes.
 func statusOf(code string) int {
 	switch code {
-	case deskrun.CodeInvalid, deskrun.CodeDesktopFlowInputInvalid:
+	case deskrun.CodeInvalid, deskrun.CodeDesktopFlowInputInvalid, deskrun.CodeFlowInputInvalid:
 		return http.StatusBadRequest
 	case deskrun.CodeUnauthorized:
 		return http.StatusUnauthorized
@@ -319,4 +326,27 @@ var funcs = template.FuncMap{
 		return m
 	},
 	"list": func(s ...string) []string { return s },
+	// present tells a declared value (false, 0, "") from none.
+	"present": func(v any) bool { return v != nil },
+	// json shows a value as it was given: a string as is, others as JSON.
+	"json": func(v any) string {
+		if s, ok := v.(string); ok {
+			return s
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Sprint(v)
+		}
+		return string(b)
+	},
+	// triggerKind is what started a flow run: manual, api, schedule, webhook.
+	"triggerKind": func(raw json.RawMessage) string {
+		var t struct {
+			Kind string `json:"kind"`
+		}
+		if json.Unmarshal(raw, &t) != nil || t.Kind == "" {
+			return "—"
+		}
+		return t.Kind
+	},
 }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/control"
 	"github.com/deskrun/deskrun/internal/pki"
 	"github.com/deskrun/deskrun/internal/server"
 	"github.com/deskrun/deskrun/internal/web"
@@ -150,7 +152,7 @@ func TestConsole(t *testing.T) {
 	t.Run("an admin sees every page", func(t *testing.T) {
 		c := e.browser(t)
 		e.signIn(t, c, "ada", "ada-password")
-		for _, p := range []string{"/", "/machines", "/connections", "/desktopflows", "/runs", "/runs?state=failed", "/catalog", "/audit"} {
+		for _, p := range []string{"/", "/machines", "/connections", "/desktopflows", "/runs", "/runs?state=failed", "/flows", "/catalog", "/audit"} {
 			res, body := get(t, c, e.url+p)
 			require.Equal(t, http.StatusOK, res.StatusCode, "%s: %s", p, body)
 			require.Contains(t, body, "user:ada", p)
@@ -227,6 +229,66 @@ func TestConsole(t *testing.T) {
 		require.Equal(t, http.StatusSeeOther, res.StatusCode)
 		res, _ = get(t, c, e.url+"/")
 		require.Equal(t, http.StatusSeeOther, res.StatusCode)
+	})
+
+	t.Run("cloud flows: triggers, typed run form, roles, the run's timeline", func(t *testing.T) {
+		target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"echo": "`+r.URL.Query().Get("n")+`"}`)
+		}))
+		t.Cleanup(target.Close)
+		err := e.srv.Control.SetSecret(ctx, control.Actor{ID: "test"}, "web_hook", []byte("s3cret"))
+		require.NoError(t, err)
+		def := "name: web-flow\ndescription: pings a target\ninputs:\n  - {name: n, type: number, required: true}\n  - {name: loud, type: boolean, default: false}\n" +
+			"triggers:\n  webhook: {id: web, secret: web_hook}\n  schedule: {cron: '0 9 * * 1-5', timezone: Europe/Paris, inputs: {n: 1}}\n" +
+			"steps:\n  - id: ping\n    http: {url: '" + target.URL + "/?n=${{ string(inputs.n) }}'}\noutputs:\n  echo: '${{ steps.ping.outputs.body.echo }}'\n"
+		_, _, _, err = e.srv.Control.ApplyFlow(ctx, control.Actor{ID: "test"}, "web.flow.yaml", []byte(def))
+		require.NoError(t, err)
+
+		v := e.browser(t)
+		vcsrf := e.signIn(t, v, "vic", "vic-password")
+		res, body := get(t, v, e.url+"/flows")
+		require.Equal(t, http.StatusOK, res.StatusCode, body)
+		require.Contains(t, body, e.url+"/hooks/web")
+		require.Contains(t, body, "0 9 * * 1-5")
+		require.Contains(t, body, "Europe/Paris")
+		require.Contains(t, body, "next tick")
+		res, body = get(t, v, e.url+"/flows/web-flow")
+		require.Equal(t, http.StatusOK, res.StatusCode, body)
+		require.Contains(t, body, "pings a target")
+		require.NotContains(t, body, `id="run-form"`, "a viewer sees the run form")
+		res, body = post(t, v, e.url+"/flows/web-flow/runs", url.Values{"csrf": {vcsrf}, "input.n": {"7"}})
+		require.Equal(t, http.StatusForbidden, res.StatusCode)
+		require.Contains(t, body, "needs the maker role")
+
+		a := e.browser(t)
+		csrf := e.signIn(t, a, "ada", "ada-password")
+		_, body = get(t, a, e.url+"/flows/web-flow")
+		require.Contains(t, body, `id="run-form"`)
+		require.Contains(t, body, `type="number"`)
+		require.Contains(t, body, `<option value="">default (false)</option>`)
+		res, _ = post(t, a, e.url+"/flows/web-flow/runs", url.Values{"input.n": {"7"}})
+		require.Equal(t, http.StatusForbidden, res.StatusCode, "no CSRF token")
+		res, body = post(t, a, e.url+"/flows/web-flow/runs", url.Values{"csrf": {csrf}, "input.n": {"many"}})
+		require.Equal(t, http.StatusBadRequest, res.StatusCode)
+		require.Contains(t, body, deskrun.CodeFlowInputInvalid)
+		require.Contains(t, body, `value="many"`, "the form keeps what was typed")
+		res, _ = post(t, a, e.url+"/flows/web-flow/runs", url.Values{"csrf": {csrf}, "input.n": {"7"}, "input.loud": {""}})
+		require.Equal(t, http.StatusSeeOther, res.StatusCode)
+		loc := res.Header.Get("Location")
+		require.True(t, strings.HasPrefix(loc, "/flowruns/f_"), loc)
+		require.Eventually(t, func() bool {
+			_, body = get(t, v, e.url+loc+"/summary")
+			return strings.Contains(body, "state-succeeded")
+		}, 20*time.Second, 50*time.Millisecond)
+		res, body = get(t, v, e.url+loc)
+		require.Equal(t, http.StatusOK, res.StatusCode, body)
+		require.Contains(t, body, "<strong>manual</strong>")
+		require.Contains(t, body, `id="step-ping-1"`)
+		require.Contains(t, body, `id="flow-outputs"`)
+		require.NotContains(t, body, "hx-trigger", "a finished run is not polled")
+		_, body = get(t, v, e.url+"/flows/web-flow")
+		require.Contains(t, body, loc)
 	})
 
 	t.Run("static files are embedded", func(t *testing.T) {

@@ -464,3 +464,96 @@ func TestConsole(t *testing.T) {
 		shot(t, ctx, "connections-phone")
 	})
 }
+
+// TestCloudFlowConsole applies a cloud flow with the CLI, finds its webhook
+// URL on its page, runs it from the form with an input, and follows the
+// flow run page to "succeeded": its desktop step ran a desktop flow as the
+// test's PAM user, and links to that desktop run.
+func TestCloudFlowConsole(t *testing.T) {
+	w := newWorld(t)
+	ok := fixturePrefix + "ok"
+	w.run("desktopflow", "push", flowDir(t, "name: whoami\ninputs:\n  - name: who\n    required: true\noutputs:\n  - name: greeting\n  - name: user\nrun: ./whoami.sh\ntimeout: 1m\n",
+		map[string]string{"whoami.sh": "#!/bin/sh\necho \"hello $DESKRUN_INPUT_WHO from $(id -un)\"\nprintf '{\"greeting\": \"hello %s\", \"user\": \"%s\"}' \"$DESKRUN_INPUT_WHO\" \"$(id -un)\" > \"$DESKRUN_OUTPUT\"\n"}))
+	_, err := w.tryStdin(fixturePW+"\n", "connection", "create", "robot", "--machine", "box", "--username", ok, "--password-stdin")
+	require.NoError(t, err)
+	_, err = w.tryStdin("hook-secret-0123456789", "secret", "set", "greet_hook", "--value-stdin")
+	require.NoError(t, err)
+	def := filepath.Join(t.TempDir(), "greet.flow.yaml")
+	require.NoError(t, os.WriteFile(def, []byte(`name: greet
+description: Greets someone through the whoami desktop flow
+inputs:
+  - name: who
+    type: string
+    required: true
+  - name: times
+    type: number
+    default: 1
+triggers:
+  webhook: {id: greet-hook, secret: greet_hook}
+  schedule: {cron: "30 6 * * 1", timezone: Europe/Paris, inputs: {who: schedule}}
+steps:
+  - id: greet
+    desktop:
+      flow: whoami
+      connection: robot
+      inputs:
+        who: "${{ inputs.who }}"
+outputs:
+  greeting: "${{ steps.greet.outputs.greeting }}"
+  user: "${{ steps.greet.outputs.user }}"
+`), 0o644))
+	w.run("flow", "apply", def)
+	_, err = w.tryStdin("maker-password\n", "user", "create", "mia", "--role", "maker", "--password-stdin")
+	require.NoError(t, err)
+
+	ctx := w.browser(t)
+	w.signIn(t, ctx, "mia", "maker-password")
+	hook := w.url + "/hooks/greet-hook"
+
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Navigate(w.url+"/"),
+		chromedp.Click(chromedp.CSS(`nav a[href="/flows"]`)),
+		chromedp.WaitVisible(chromedp.ID("cloudflow-greet")),
+	))
+	row := text(t, ctx, "#cloudflow-greet")
+	require.Contains(t, row, hook)
+	require.Contains(t, row, "30 6 * * 1")
+	require.Contains(t, row, "Europe/Paris")
+	require.Contains(t, row, "next tick")
+
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`#cloudflow-greet a[href="/flows/greet"]`)),
+		chromedp.WaitVisible(chromedp.ID("run-form")),
+	))
+	require.Equal(t, hook, text(t, ctx, "#webhook-url"))
+	require.Contains(t, text(t, ctx, "#definition"), "connection: robot")
+	typ, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("in-times").type`))
+	require.NoError(t, err)
+	require.Equal(t, "number", typ)
+	shot(t, ctx, "cloud-flow")
+
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.SendKeys(chromedp.ID("in-who"), "Ada"),
+		chromedp.Click(chromedp.ID("run-submit")),
+		chromedp.WaitVisible(chromedp.ID("flowrun-summary")),
+	))
+	waitText(t, ctx, "#flowrun-state", "succeeded")
+	require.Contains(t, text(t, ctx, "#trigger"), "manual")
+	require.Contains(t, text(t, ctx, "#inputs"), "Ada")
+	step := text(t, ctx, "#step-greet-1")
+	require.Contains(t, step, "desktop")
+	require.Contains(t, step, "succeeded")
+	require.Regexp(t, `\d+(\.\d+)?(ms|s)`, text(t, ctx, "#step-greet-1 .duration"))
+	outputs := text(t, ctx, "#flow-outputs")
+	require.Contains(t, outputs, "hello Ada")
+	require.Contains(t, outputs, ok, "the desktop step ran as the connection's user")
+	shot(t, ctx, "cloud-flow-run")
+
+	// The desktop step links to its desktop run.
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS("#step-greet-1 a.desktop-run")),
+		chromedp.WaitVisible(chromedp.ID("run-log")),
+	))
+	waitText(t, ctx, "#run-state", "succeeded")
+	waitText(t, ctx, "#run-log", "hello Ada from "+ok)
+}
