@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/argon2"
@@ -64,7 +65,10 @@ func checkPassword(phc string, password []byte) bool {
 
 // dummyHash is checked when a user does not exist, so a sign-in takes as
 // long for a missing user as for a wrong password.
-var dummyHash = HashPassword([]byte("deskrun: no such user"))
+// It is computed on first use, not at package init: an argon2id hash
+// costs ~0.3 s, and every deskrun process (each run re-executes the
+// binary to drop to its user) would pay it at start.
+var dummyHash = sync.OnceValue(func() string { return HashPassword([]byte("deskrun: no such user")) })
 
 // Authorize fails with Forbidden unless the actor's role includes want:
 // the console's check, the same rule as the API's Authorize.
@@ -103,7 +107,7 @@ func (s *Service) SignIn(ctx context.Context, name string, password []byte) (*de
 	if err != nil && !deskrun.IsCode(err, deskrun.CodeNotFound) {
 		return nil, "", err
 	}
-	hash := dummyHash
+	hash := dummyHash()
 	if u != nil {
 		hash = u.PasswordHash
 	}
