@@ -52,4 +52,58 @@ type Machine struct {
 	LastSeen      time.Time
 	OfflineReason string
 	CreatedAt     time.Time
+
+	// Doctor is the latest doctor report the agent sent (nil: none yet;
+	// agents before protocol 4 never send one).
+	Doctor *DoctorReport
 }
+
+// Statuses of a doctor check.
+const (
+	DoctorPass = "pass"
+	DoctorWarn = "warn"
+	DoctorFail = "fail"
+	DoctorSkip = "skip"
+)
+
+// DoctorCheck is one line of a doctor report: what was checked, how it
+// went, and the fix when it did not pass.
+type DoctorCheck struct {
+	Name   string `json:"name"`
+	Status string `json:"status"` // pass, warn, fail, skip
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// DoctorReport is what `deskrun doctor` finds on a machine: whether it can
+// log users on for deskrun, and how to fix what it cannot. The agent runs
+// the machine-wide checks (no user) when it connects and then hourly, and
+// sends the report to the server.
+type DoctorReport struct {
+	At     time.Time     `json:"at"`
+	Checks []DoctorCheck `json:"checks"`
+}
+
+// DoctorCounts counts a report's checks by status.
+type DoctorCounts struct{ Pass, Warn, Fail, Skip int }
+
+// Counts counts the checks by status.
+func (r *DoctorReport) Counts() DoctorCounts {
+	var c DoctorCounts
+	for _, ch := range r.Checks {
+		switch ch.Status {
+		case DoctorPass:
+			c.Pass++
+		case DoctorWarn:
+			c.Warn++
+		case DoctorFail:
+			c.Fail++
+		default:
+			c.Skip++
+		}
+	}
+	return c
+}
+
+// Failed says whether any check failed.
+func (r *DoctorReport) Failed() bool { return r.Counts().Fail > 0 }
