@@ -65,6 +65,16 @@ type Agent struct {
 	// /var/lib/deskrun/runs. It must be root's and writable only by root.
 	RunsDir string
 
+	// Doctor runs the machine-wide doctor checks (doctor.Run: the CLI sets
+	// it; this package cannot import doctor, which reads the agent's
+	// directory config). The agent sends the report after each handshake
+	// and then every DoctorEvery (default an hour); DoctorTimeout (default
+	// 5s) bounds each run, and a run that overruns sends nothing. Nil: no
+	// reports.
+	Doctor        func(ctx context.Context) deskrun.DoctorReport
+	DoctorEvery   time.Duration
+	DoctorTimeout time.Duration
+
 	// sendFrame, if set, replaces sendIfConnected for log frames (tests).
 	sendFrame func(*wire.Frame)
 
@@ -253,6 +263,9 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 	hbCtx, stopHB := context.WithCancel(ctx)
 	defer stopHB()
 	go s.heartbeat(hbCtx, f.Welcome.HeartbeatEvery())
+	if a.Doctor != nil && pv >= wire.DoctorProtocolVersion {
+		go s.doctor(hbCtx)
+	}
 
 	for {
 		f, err := readFrame(ctx, ws)
@@ -290,6 +303,53 @@ func (s *session) heartbeat(ctx context.Context, every time.Duration) {
 				return
 			}
 		}
+	}
+}
+
+// doctor sends the doctor report now and then every DoctorEvery, until
+// the session ends.
+func (s *session) doctor(ctx context.Context) {
+	every, timeout := s.a.DoctorEvery, s.a.DoctorTimeout
+	if every <= 0 {
+		every = time.Hour
+	}
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if r := s.a.runDoctor(ctx, timeout); r != nil {
+			if err := s.send(&wire.Frame{Type: wire.FrameDoctor, Doctor: r}); err != nil {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// runDoctor runs the checks within timeout; nil if they overran (they
+// are abandoned: each network check has its own, shorter bound).
+func (a *Agent) runDoctor(ctx context.Context, timeout time.Duration) *deskrun.DoctorReport {
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	done := make(chan deskrun.DoctorReport, 1)
+	go func() { done <- a.Doctor(rctx) }()
+	select {
+	case r := <-done:
+		if rctx.Err() != nil && ctx.Err() == nil {
+			a.Log.Warn("doctor report ran out of time; its network checks may say so", "timeout", timeout)
+		}
+		return &r
+	case <-ctx.Done():
+		return nil
+	case <-time.After(timeout + time.Second):
+		a.Log.Warn("doctor report took too long: not sent", "timeout", timeout)
+		return nil
 	}
 }
 

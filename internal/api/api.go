@@ -346,7 +346,9 @@ func (a *API) listMachines(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := wire.MachineList{Machines: make([]wire.Machine, 0, len(ms))}
 	for _, m := range ms {
-		out.Machines = append(out.Machines, wire.MachineFrom(m))
+		w := wire.MachineFrom(m)
+		w.Doctor = nil // the list stays light: GET one machine has the report
+		out.Machines = append(out.Machines, w)
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

@@ -1,14 +1,18 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/user"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/agent"
+	"github.com/deskrun/deskrun/internal/doctor"
 	"github.com/deskrun/deskrun/internal/identity"
 	"github.com/deskrun/deskrun/internal/identity/pam"
 )
@@ -84,7 +88,8 @@ func newAgentRunCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ag := &agent.Agent{StateDir: state, Log: log, Info: agent.HostInfo(agent.DefaultHostFiles, slots), Logon: logon, ReapRuns: true}
+			ag := &agent.Agent{StateDir: state, Log: log, Info: agent.HostInfo(agent.DefaultHostFiles, slots), Logon: logon, ReapRuns: true,
+				Doctor: a.agentDoctor(&po, state, agentConfig)}
 			return ag.Run(cmd.Context())
 		},
 	}
@@ -135,6 +140,18 @@ func (a *app) logonProvider(po *pamOptions, stateDir, agentConfig string, log *s
 		}
 	}
 	return pam.New(cfg), nil
+}
+
+// agentDoctor is the agent's doctor report: the machine-wide checks of
+// `deskrun doctor` (no user), with the agent's own PAM stack, state and
+// directory config, each network check bounded to 2s.
+func (a *app) agentDoctor(po *pamOptions, stateDir, agentConfig string) func(context.Context) deskrun.DoctorReport {
+	if agentConfig == "" {
+		agentConfig = agent.DefaultConfigFile
+	}
+	o := doctor.Options{Stack: po.stack(a), Paths: identity.DefaultHostPaths(), Timeout: 2 * time.Second,
+		DirectoryConfig: agentConfig, StateDir: stateDir}
+	return func(ctx context.Context) deskrun.DoctorReport { return doctor.Run(ctx, o) }
 }
 
 // warnIdentity says, once, whom this agent can act as.

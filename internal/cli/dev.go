@@ -95,6 +95,7 @@ func (a *app) runDev(ctx context.Context, cfg server.Config, name string, writeC
 		return err
 	}
 	ag := &agent.Agent{StateDir: stateDir, Log: log.With("component", "agent"), Info: info, Logon: logon, ReapRuns: true,
+		Doctor: a.agentDoctor(po, stateDir, ""),
 		OnConnected: func() {
 			select {
 			case connected <- struct{}{}:

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -62,10 +63,21 @@ func newMachineCmd(a *app) *cobra.Command {
 				{"last seen", ago(m.LastSeen)}, {"os/arch", m.OS + "/" + m.Arch}, {"kernel", m.Kernel},
 				{"agent", m.AgentVersion}, {"protocol", strconv.Itoa(m.ProtocolVersion)},
 				{"join state", m.JoinState}, {"domain", m.Domain}, {"slots", strconv.Itoa(m.Slots)}, {"sessions", m.Sessions}, {"seal key", m.SealKeyID},
+				{"doctor", doctorSummary(m)},
 			}
 			for _, r := range rows {
 				if r[1] != "" {
 					fmt.Fprintf(a.io.Out, "%-15s %s\n", r[0]+":", r[1])
+				}
+			}
+			if m.Doctor != nil {
+				for _, c := range m.Doctor.Checks {
+					if c.Status == deskrun.DoctorWarn || c.Status == deskrun.DoctorFail {
+						fmt.Fprintf(a.io.Out, "  %-4s %s: %s\n", strings.ToUpper(c.Status), c.Name, c.Detail)
+						if c.Fix != "" {
+							fmt.Fprintf(a.io.Out, "       fix: %s\n", c.Fix)
+						}
+					}
 				}
 			}
 			return nil
@@ -113,6 +125,23 @@ func newMachineCmd(a *app) *cobra.Command {
 	set.Flags().BoolVar(&setJSON, "json", false, "print JSON")
 	c.AddCommand(list, show, set, del)
 	return c
+}
+
+// doctorSummary is the machine's doctor report in a line: "12 pass, 1
+// warn, 0 fail (2m0s ago)".
+func doctorSummary(m *wire.Machine) string {
+	if m.Doctor == nil {
+		if m.ProtocolVersion > 0 && m.ProtocolVersion < wire.DoctorProtocolVersion {
+			return fmt.Sprintf("none: the agent (protocol %d) does not send it; upgrade the agent, or run sudo deskrun doctor on the machine", m.ProtocolVersion)
+		}
+		return "none yet (the agent sends it when it connects)"
+	}
+	n := m.Doctor.Counts()
+	s := fmt.Sprintf("%d pass, %d warn, %d fail", n.Pass, n.Warn, n.Fail)
+	if n.Skip > 0 {
+		s += fmt.Sprintf(", %d skipped", n.Skip)
+	}
+	return s + " (" + ago(m.Doctor.At) + ")"
 }
 
 func newTokenCmd(a *app) *cobra.Command {

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -586,9 +587,49 @@ func (h *Hub) handle(ctx context.Context, c *agentConn, f *wire.Frame) {
 		if f.Result != nil {
 			h.recordResult(ctx, c, f.Result)
 		}
+	case wire.FrameDoctor:
+		if f.Doctor != nil {
+			r := boundDoctor(f.Doctor, h.now())
+			if err := h.store.SetMachineDoctor(ctx, c.machineID, r); err != nil && ctx.Err() == nil {
+				h.log.Error("doctor report", "machine_id", c.machineID, "err", err)
+			}
+		}
 	default:
 		h.log.Warn("unknown frame from agent", "machine_id", c.machineID, "type", f.Type)
 	}
+}
+
+// Bounds of a stored doctor report: the agent's report has a few dozen
+// short checks; a bigger one is cut, not refused.
+const (
+	maxDoctorChecks = 200
+	maxDoctorText   = 2000
+)
+
+// boundDoctor is the report as the server keeps it: at most
+// maxDoctorChecks checks of bounded text, unknown statuses as warnings,
+// and dated when the server received it (the agent's clock may be off,
+// which the report itself may say).
+func boundDoctor(in *deskrun.DoctorReport, now time.Time) *deskrun.DoctorReport {
+	cut := func(s string) string {
+		if len(s) <= maxDoctorText {
+			return s
+		}
+		return strings.ToValidUTF8(s[:maxDoctorText], "") + "…"
+	}
+	out := &deskrun.DoctorReport{At: now.UTC(), Checks: make([]deskrun.DoctorCheck, 0, min(len(in.Checks), maxDoctorChecks))}
+	for i, c := range in.Checks {
+		if i == maxDoctorChecks {
+			break
+		}
+		switch c.Status {
+		case deskrun.DoctorPass, deskrun.DoctorWarn, deskrun.DoctorFail, deskrun.DoctorSkip:
+		default:
+			c.Status = deskrun.DoctorWarn
+		}
+		out.Checks = append(out.Checks, deskrun.DoctorCheck{Name: cut(c.Name), Status: c.Status, Detail: cut(c.Detail), Fix: cut(c.Fix)})
+	}
+	return out
 }
 
 func (h *Hub) recordResult(ctx context.Context, c *agentConn, r *wire.JobResult) {

@@ -100,7 +100,13 @@ func (e *env) startAgent(t *testing.T, name string) (stateDir string, stop func(
 func (e *env) runAgent(t *testing.T, dir string) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	ag := &agent.Agent{StateDir: dir, Log: slog.New(slog.DiscardHandler), Info: agent.HostInfo(agent.DefaultHostFiles, 1), MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}
+	ag := &agent.Agent{StateDir: dir, Log: slog.New(slog.DiscardHandler), Info: agent.HostInfo(agent.DefaultHostFiles, 1), MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+		Doctor: func(context.Context) deskrun.DoctorReport {
+			return deskrun.DoctorReport{At: time.Now(), Checks: []deskrun.DoctorCheck{
+				{Name: "root", Status: deskrun.DoctorPass, Detail: "running as root, as the agent does"},
+				{Name: "pam service batch", Status: deskrun.DoctorFail, Detail: "/etc/pam.d/deskrun-batch missing", Fix: "deskrun agent install-pam"},
+			}}
+		}}
 	go func() { defer close(done); _ = ag.Run(ctx) }()
 	var once sync.Once
 	stop = func() { once.Do(func() { cancel(); <-done }) }
@@ -396,6 +402,7 @@ func TestOpenAPIMatchesResponses(t *testing.T) {
 	_, stop := e.startAgent(t, "oa")
 	defer stop()
 	waitFor(t, "machine online", func() bool { return e.machineState(t, "oa").State == "online" })
+	waitFor(t, "doctor report", func() bool { return e.machineState(t, "oa").Doctor != nil })
 	job, err := e.admin.CreateJob(t.Context(), wire.JobCreate{Machine: "oa", Kind: "noop"})
 	require.NoError(t, err)
 	tok, err := e.admin.CreateToken(t.Context(), wire.TokenCreate{Kind: "api", Role: "viewer", Name: "to revoke"})

@@ -64,6 +64,9 @@ type Tx interface {
 	// SetMachineSessions sets the machine's unattended-session policy
 	// ("shared" or "exclusive"); UpdateMachineInfo never touches it.
 	SetMachineSessions(ctx context.Context, id, sessions string) error
+	// SetMachineDoctor stores the latest doctor report the agent sent,
+	// replacing the one before; GetMachine and ListMachines return it.
+	SetMachineDoctor(ctx context.Context, id string, r *deskrun.DoctorReport) error
 
 	// Tokens.
 	CreateToken(ctx context.Context, t *deskrun.Token) error

@@ -18,11 +18,17 @@ import (
 //	   An agent at 1 reports only the generic WindowsIdentityIncorrect.
 //	3: "desktop" jobs (run a desktop flow as a connection's user) and "log"
 //	   frames carrying their output.
-const ProtocolVersion = 3
+//	4: "doctor" frames: the agent sends its machine-wide doctor report when
+//	   it connects and then hourly. An agent at 3 or less never sends one.
+const ProtocolVersion = 4
 
 // ReasonsProtocolVersion is the first protocol whose identity failures
 // carry a specific reason.
 const ReasonsProtocolVersion = 2
+
+// DoctorProtocolVersion is the first protocol whose agents send "doctor"
+// frames.
+const DoctorProtocolVersion = 4
 
 // MinProtocolVersion is the oldest agent protocol the server accepts; an
 // older agent is refused with AgentProtocolTooOld.
@@ -57,21 +63,23 @@ const (
 	FrameResult    = "result"    // agent → server: done
 	FrameResultAck = "result_ack"
 	FrameCancel    = "cancel" // server → agent
+	FrameDoctor    = "doctor" // agent → server: its doctor report (protocol 4)
 )
 
 // Frame is one message on the agent's WebSocket (a JSON text frame). Type
 // says which one field is set.
 type Frame struct {
-	Type      string         `json:"type"`
-	Challenge *Challenge     `json:"challenge,omitempty"`
-	Hello     *Hello         `json:"hello,omitempty"`
-	Welcome   *Welcome       `json:"welcome,omitempty"`
-	Error     *deskrun.Error `json:"error,omitempty"`
-	Job       *JobPush       `json:"job,omitempty"`
-	ID        string         `json:"id,omitempty"` // ack, result_ack, cancel
-	Progress  *JobProgress   `json:"progress,omitempty"`
-	Result    *JobResult     `json:"result,omitempty"`
-	Log       *LogChunk      `json:"log,omitempty"`
+	Type      string                `json:"type"`
+	Challenge *Challenge            `json:"challenge,omitempty"`
+	Hello     *Hello                `json:"hello,omitempty"`
+	Welcome   *Welcome              `json:"welcome,omitempty"`
+	Error     *deskrun.Error        `json:"error,omitempty"`
+	Job       *JobPush              `json:"job,omitempty"`
+	ID        string                `json:"id,omitempty"` // ack, result_ack, cancel
+	Progress  *JobProgress          `json:"progress,omitempty"`
+	Result    *JobResult            `json:"result,omitempty"`
+	Log       *LogChunk             `json:"log,omitempty"`
+	Doctor    *deskrun.DoctorReport `json:"doctor,omitempty"`
 }
 
 // Challenge carries a fresh random nonce for this connection.

@@ -35,6 +35,8 @@ type Machine struct {
 	LastSeen        time.Time `json:"last_seen,omitzero"`
 	OfflineReason   string    `json:"offline_reason,omitempty"`
 	CreatedAt       time.Time `json:"created_at"`
+	// Doctor is the agent's latest doctor report (GET of one machine only).
+	Doctor *deskrun.DoctorReport `json:"doctor,omitempty"`
 }
 
 // MachineFrom converts a domain machine.
@@ -44,6 +46,7 @@ func MachineFrom(m *deskrun.Machine) Machine {
 		AgentVersion: m.AgentVersion, ProtocolVersion: m.ProtocolVersion,
 		JoinState: string(m.JoinState), Domain: m.Domain, Slots: m.Slots, Sessions: m.Sessions, SealKeyID: m.SealKeyID, SealKey: m.SealKey,
 		State: string(m.State), LastSeen: m.LastSeen, OfflineReason: m.OfflineReason, CreatedAt: m.CreatedAt,
+		Doctor: m.Doctor,
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -174,6 +175,9 @@ func TestEnrollKillRestart(t *testing.T) {
 	w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
 	w.eventually("machine online", func() bool { return w.machine("e2e-box").State == "online" })
 	require.Contains(t, w.run("machine", "list"), "e2e-box")
+	// The agent sends its doctor report when it connects; show sums it up.
+	doctorLine := regexp.MustCompile(`(?m)^doctor: +\d+ pass, \d+ warn, \d+ fail.* ago\)$`)
+	w.eventually("doctor report", func() bool { return doctorLine.MatchString(w.run("machine", "show", "e2e-box")) })
 
 	// kill -9 the agent: offline within the heartbeat window, with a reason.
 	w.kill(w.agent)

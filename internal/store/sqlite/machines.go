@@ -3,13 +3,15 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/deskrun/deskrun"
 )
 
 const machineColumns = `id, name, os, arch, kernel, agent_version, protocol_version, join_state,
-	domain, slots, sessions, signing_key, seal_key, seal_key_id, state, last_seen, offline_reason, created_at`
+	domain, slots, sessions, signing_key, seal_key, seal_key_id, state, last_seen, offline_reason, created_at, doctor`
 
 func scanMachine(s scanner) (*deskrun.Machine, error) {
 	var (
@@ -17,11 +19,19 @@ func scanMachine(s scanner) (*deskrun.Machine, error) {
 		lastSeen, createdAt int64
 		signingKey, sealKey []byte
 		joinState, state    string
+		doctor              sql.NullString
 	)
 	err := s.Scan(&m.ID, &m.Name, &m.OS, &m.Arch, &m.Kernel, &m.AgentVersion, &m.ProtocolVersion, &joinState,
-		&m.Domain, &m.Slots, &m.Sessions, &signingKey, &sealKey, &m.SealKeyID, &state, &lastSeen, &m.OfflineReason, &createdAt)
+		&m.Domain, &m.Slots, &m.Sessions, &signingKey, &sealKey, &m.SealKeyID, &state, &lastSeen, &m.OfflineReason, &createdAt, &doctor)
 	if err != nil {
 		return nil, err
+	}
+	if doctor.Valid && doctor.String != "" {
+		var r deskrun.DoctorReport
+		if err := json.Unmarshal([]byte(doctor.String), &r); err != nil {
+			return nil, fmt.Errorf("machine %s: doctor report: %w", m.ID, err)
+		}
+		m.Doctor = &r
 	}
 	m.JoinState = deskrun.JoinState(joinState)
 	m.State = deskrun.MachineState(state)
@@ -51,11 +61,23 @@ func (q *queries) CreateMachine(ctx context.Context, m *deskrun.Machine) error {
 		return err
 	}
 	_, err := q.w.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		m.ID, m.Name, m.OS, m.Arch, m.Kernel, m.AgentVersion, m.ProtocolVersion, string(m.JoinState),
 		m.Domain, m.Slots, sessions, blob(m.SigningKey), blob(m.SealKey), m.SealKeyID, string(m.State),
-		nanos(m.LastSeen), m.OfflineReason, nanos(m.CreatedAt))
+		nanos(m.LastSeen), m.OfflineReason, nanos(m.CreatedAt), doctorJSON(m.Doctor))
 	return interpretError(err, s)
+}
+
+// doctorJSON is the doctor column's value: NULL for no report.
+func doctorJSON(r *deskrun.DoctorReport) any {
+	if r == nil {
+		return nil
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil // a report is strings and a time: it always marshals
+	}
+	return string(b)
 }
 
 func checkSessions(id, sessions string) error {
@@ -130,6 +152,13 @@ func (q *queries) SetMachineSessions(ctx context.Context, id, sessions string) e
 	}
 	res, err := q.w.ExecContext(ctx, `UPDATE machines SET sessions = ? WHERE id = ?`, sessions, id)
 	return mustAffect(res, err, subject{op: "set machine sessions", kind: "machine", id: id})
+}
+
+// SetMachineDoctor stores the agent's latest doctor report, replacing the
+// one before; nil clears it.
+func (q *queries) SetMachineDoctor(ctx context.Context, id string, r *deskrun.DoctorReport) error {
+	res, err := q.w.ExecContext(ctx, `UPDATE machines SET doctor = ? WHERE id = ?`, doctorJSON(r), id)
+	return mustAffect(res, err, subject{op: "set machine doctor report", kind: "machine", id: id})
 }
 
 // DeleteMachine deletes a machine; its jobs go with it (ON DELETE CASCADE).

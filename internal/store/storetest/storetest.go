@@ -235,6 +235,47 @@ var machineTests = map[string]func(t *testing.T, s store.Store){
 		hello.ID = "m_missing"
 		requireCode(t, s.UpdateMachineInfo(ctx, hello), deskrun.CodeNotFound)
 	},
+	"SetMachineDoctor": func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		m := createMachine(t, s, "desk-01")
+		got, err := s.GetMachine(ctx, m.ID)
+		require.NoError(t, err)
+		require.Nil(t, got.Doctor, "no report until the agent sends one")
+
+		r := &deskrun.DoctorReport{At: at(time.Minute), Checks: []deskrun.DoctorCheck{
+			{Name: "root", Status: deskrun.DoctorPass, Detail: "running as root, as the agent does"},
+			{Name: "pam service batch", Status: deskrun.DoctorFail, Detail: "/etc/pam.d/deskrun-batch missing", Fix: "deskrun agent install-pam"},
+			{Name: "clock skew", Status: deskrun.DoctorSkip, Detail: "skipped: no domain configured"},
+		}}
+		require.NoError(t, s.SetMachineDoctor(ctx, m.ID, r))
+		want := *m
+		want.Doctor = r
+		got, err = s.GetMachine(ctx, m.ID)
+		require.NoError(t, err)
+		require.Equal(t, &want, got, "only the report changes")
+		ms, err := s.ListMachines(ctx)
+		require.NoError(t, err)
+		require.Len(t, ms, 1)
+		require.Equal(t, r, ms[0].Doctor)
+
+		// The next report replaces it; the agent's hello keeps it.
+		r2 := &deskrun.DoctorReport{At: at(time.Hour), Checks: []deskrun.DoctorCheck{{Name: "root", Status: deskrun.DoctorPass, Detail: "ok"}}}
+		require.NoError(t, s.SetMachineDoctor(ctx, m.ID, r2))
+		hello := *m
+		hello.Slots = 3
+		require.NoError(t, s.UpdateMachineInfo(ctx, &hello))
+		got, err = s.GetMachineByName(ctx, "desk-01")
+		require.NoError(t, err)
+		require.Equal(t, r2, got.Doctor)
+		require.Equal(t, 3, got.Slots)
+
+		require.NoError(t, s.SetMachineDoctor(ctx, m.ID, nil))
+		got, err = s.GetMachine(ctx, m.ID)
+		require.NoError(t, err)
+		require.Nil(t, got.Doctor)
+
+		requireCode(t, s.SetMachineDoctor(ctx, "m_missing", r), deskrun.CodeNotFound)
+	},
 	"SetMachineSessions": func(t *testing.T, s store.Store) {
 		ctx := t.Context()
 		m := createMachine(t, s, "desk-01")
