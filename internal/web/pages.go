@@ -126,10 +126,12 @@ func (c *Console) machines(w http.ResponseWriter, r *req) error {
 }
 
 type machineData struct {
-	Machine     *deskrun.Machine
-	Connections []*deskrun.Connection
-	Runs        []*deskrun.Run
-	Names       names
+	Machine *deskrun.Machine
+	// DoctorProtocol is the first agent protocol that sends a doctor report.
+	DoctorProtocol int
+	Connections    []*deskrun.Connection
+	Runs           []*deskrun.Run
+	Names          names
 }
 
 func (c *Console) machine(w http.ResponseWriter, r *req) error {
@@ -138,7 +140,7 @@ func (c *Console) machine(w http.ResponseWriter, r *req) error {
 	if err != nil {
 		return err
 	}
-	d := machineData{Machine: m}
+	d := machineData{Machine: m, DoctorProtocol: wire.DoctorProtocolVersion}
 	cs, err := c.svc.Connections(ctx)
 	if err != nil {
 		return err

@@ -163,6 +163,39 @@ func TestConsole(t *testing.T) {
 		require.Contains(t, body, deskrun.AuditSignIn)
 	})
 
+	t.Run("the machine page shows the doctor report", func(t *testing.T) {
+		old := &deskrun.Machine{ID: "m_web_old", Name: "web-old", OS: "linux", Arch: "amd64", ProtocolVersion: 3,
+			State: deskrun.MachineOffline, CreatedAt: time.Now()}
+		m := &deskrun.Machine{ID: "m_web_doc", Name: "web-doc", OS: "linux", Arch: "amd64", ProtocolVersion: wire.ProtocolVersion,
+			State: deskrun.MachineOnline, CreatedAt: time.Now()}
+		for _, x := range []*deskrun.Machine{old, m} {
+			require.NoError(t, e.srv.Store.CreateMachine(ctx, x))
+		}
+		c := e.browser(t)
+		e.signIn(t, c, "vic", "vic-password")
+
+		_, body := get(t, c, e.url+"/machines/web-doc")
+		require.Contains(t, body, "has not sent its doctor report yet")
+		_, body = get(t, c, e.url+"/machines/web-old")
+		require.Contains(t, body, "This agent (protocol 3) does not send its doctor report: upgrade it.")
+
+		require.NoError(t, e.srv.Store.SetMachineDoctor(ctx, m.ID, &deskrun.DoctorReport{At: time.Now().Add(-2 * time.Minute), Checks: []deskrun.DoctorCheck{
+			{Name: "root", Status: "pass", Detail: "running as root, as the agent does", Fix: "never shown for a pass"},
+			{Name: "pam service batch", Status: "fail", Detail: "/etc/pam.d/deskrun-batch missing: batch logons are refused", Fix: "deskrun agent install-pam"},
+			{Name: "directory service account", Status: "warn", Detail: "none configured <b>", Fix: "add service_user"},
+			{Name: "clock skew", Status: "skip", Detail: "skipped: no domain configured"},
+		}}))
+		res, body := get(t, c, e.url+"/machines/web-doc")
+		require.Equal(t, http.StatusOK, res.StatusCode)
+		require.Contains(t, body, `<span class="state state-pass">1 pass</span> <span class="state state-warn">1 warn</span> <span class="state state-fail">1 fail</span> <span class="state state-skip">1 skipped</span>`)
+		require.Contains(t, body, "received 2m ago")
+		require.Regexp(t, `(?s)<tr class="check-fail">\s*<td><span class="state state-fail">fail</span></td>\s*<td>pam service batch</td>\s*`+
+			`<td class="detail">/etc/pam.d/deskrun-batch missing: batch logons are refused</td>\s*<td class="fix">deskrun agent install-pam</td>`, body)
+		require.Contains(t, body, "none configured &lt;b&gt;", "the agent's text is escaped")
+		require.NotContains(t, body, "never shown for a pass")
+		require.NotContains(t, body, "has not sent its doctor report")
+	})
+
 	t.Run("catalog search by any code form", func(t *testing.T) {
 		c := e.browser(t)
 		e.signIn(t, c, "vic", "vic-password")
