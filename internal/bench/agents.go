@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
 
 	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/client"
@@ -284,6 +286,19 @@ func settle(ctx context.Context, pid int, limit time.Duration) (Mem, error) {
 	}
 }
 
+// freeAddr returns a loopback address with a port nobody listens on, for
+// the server process: the scenario needs its URL before it starts, and
+// the process does not report the port it would choose for :0. (In
+// process, the server listens on :0 and derives its URL from the port.)
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	addr := ln.Addr().String()
+	return addr, ln.Close()
+}
+
 // serverProcess is `deskrun server` running as a child process.
 type serverProcess struct {
 	cmd        *exec.Cmd
@@ -495,7 +510,13 @@ feed:
 }
 
 // simAgent is an enrolled machine without the agent runtime: just its
-// signing key and the protocol's handshake and heartbeats.
+// signing key and the protocol's handshake and heartbeats. It is lighter
+// than agent.Enroll and agent.Agent on purpose, since one process runs up
+// to 10,000 of them and only the server is measured: no state directory
+// or key files, no host files read, one shared keep-alive HTTP client
+// instead of a pinned one per enrollment, no executors or doctor. What
+// the server sees (the enrollment request, the signed hello, text frames)
+// is the real agent's.
 type simAgent struct {
 	name      string
 	machineID string
@@ -556,8 +577,8 @@ func (a *simAgent) connect(ctx context.Context, hc *http.Client, base string) (*
 		ws.CloseNow()
 		return nil, 0, fmt.Errorf("%s: %w", a.name, err)
 	}
-	f, err := readFrame(dctx, ws)
-	if err != nil {
+	var f wire.Frame
+	if err := wsjson.Read(dctx, ws, &f); err != nil {
 		return fail(err)
 	}
 	if f.Type != wire.FrameChallenge || f.Challenge == nil {
@@ -565,10 +586,11 @@ func (a *simAgent) connect(ctx context.Context, hc *http.Client, base string) (*
 	}
 	hello := &wire.Hello{MachineID: a.machineID, ProtocolVersion: wire.ProtocolVersion, Info: simInfo(a.name),
 		Signature: ed25519.Sign(a.key, wire.AuthMessage(a.machineID, f.Challenge.Nonce))}
-	if err := writeFrame(dctx, ws, &wire.Frame{Type: wire.FrameHello, Hello: hello}); err != nil {
+	if err := wsjson.Write(dctx, ws, &wire.Frame{Type: wire.FrameHello, Hello: hello}); err != nil {
 		return fail(err)
 	}
-	if f, err = readFrame(dctx, ws); err != nil {
+	f = wire.Frame{}
+	if err := wsjson.Read(dctx, ws, &f); err != nil {
 		return fail(err)
 	}
 	if f.Type != wire.FrameWelcome || f.Welcome == nil {
@@ -610,28 +632,8 @@ func (a *simAgent) idle(ctx context.Context, ws *websocket.Conn, hb time.Duratio
 	}
 }
 
-func readFrame(ctx context.Context, ws *websocket.Conn) (*wire.Frame, error) {
-	_, b, err := ws.Read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var f wire.Frame
-	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("malformed frame: %w", err)
-	}
-	return &f, nil
-}
-
-func writeFrame(ctx context.Context, ws *websocket.Conn, f *wire.Frame) error {
-	b, err := json.Marshal(f)
-	if err != nil {
-		return err
-	}
-	return ws.Write(ctx, websocket.MessageText, b)
-}
-
 // tailBuffer keeps the last max bytes written to it (the server's output,
-// for error messages).
+// for error messages). internal/desktop has the same unexported type.
 type tailBuffer struct {
 	mu  sync.Mutex
 	max int

@@ -9,7 +9,6 @@ package bench
 
 import (
 	"fmt"
-	"net"
 	"slices"
 	"syscall"
 	"time"
@@ -49,19 +48,6 @@ func (p Percentiles) String() string {
 	us := func(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond)) }
 	return fmt.Sprintf("n=%d p50=%s p90=%s p99=%s p99.9=%s max=%s mean=%s",
 		p.N, us(p.P50), us(p.P90), us(p.P99), us(p.P999), us(p.Max), us(p.Mean))
-}
-
-// freeAddr returns a loopback address with a port nobody listens on. The
-// server needs its real port before it starts, because the port goes into
-// its URL and so into enrollment tokens (a :0 listen address would put
-// port 0 there).
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	addr := ln.Addr().String()
-	return addr, ln.Close()
 }
 
 // RaiseFileLimit lifts this process's open-file soft limit to its hard

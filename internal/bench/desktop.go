@@ -18,12 +18,10 @@ import (
 	"time"
 
 	"github.com/deskrun/deskrun"
-	"github.com/deskrun/deskrun/internal/agent"
 	"github.com/deskrun/deskrun/internal/client"
 	"github.com/deskrun/deskrun/internal/control"
 	"github.com/deskrun/deskrun/internal/desktopflow"
 	"github.com/deskrun/deskrun/internal/identity/pam"
-	"github.com/deskrun/deskrun/internal/server"
 	"github.com/deskrun/deskrun/internal/wire"
 )
 
@@ -77,16 +75,11 @@ type DesktopEnvOptions struct {
 // deskrun binary, real local users and their connections, and the
 // benchmark's desktop flows.
 type DesktopEnv struct {
-	Server      *server.Server
-	Client      *client.Client
-	Machine     string
+	inProcess            // Server, Client, Machine
 	Users       []string // local user names, in DesktopEnvOptions.Users order
 	Connections []string // connection names, likewise
 
-	base     string // 0711: binary, PAM stack, agent state
-	tmpData  bool
-	cancel   context.CancelFunc
-	done     chan error
+	base     string // 0711: binary, PAM stack, agent state, default data
 	progress func(string, ...any)
 }
 
@@ -107,10 +100,6 @@ func StartDesktopEnv(ctx context.Context, o DesktopEnvOptions) (_ *DesktopEnv, e
 	}
 	if len(o.Users) == 0 {
 		return nil, errors.New("desktop bench: no users")
-	}
-	log := o.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
 	}
 	env := &DesktopEnv{progress: func(format string, a ...any) {
 		if o.Progress != nil {
@@ -175,65 +164,24 @@ func StartDesktopEnv(ctx context.Context, o DesktopEnvOptions) (_ *DesktopEnv, e
 
 	data := o.Data
 	if data == "" {
-		data, env.tmpData = filepath.Join(env.base, "data"), true
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	cfg := server.DefaultConfig()
-	cfg.Listen, cfg.Data, cfg.LogLevel = addr, filepath.Join(data, "server"), "warn"
-	if o.SQLiteSync != "" {
-		cfg.SQLiteSync = o.SQLiteSync
-	}
-	env.Server = &server.Server{Config: cfg, Log: log, Version: "bench"}
-	if err := env.Server.Start(ctx); err != nil {
-		env.Server = nil
-		return nil, fmt.Errorf("start server: %w", err)
-	}
-	s := env.Server
-	if env.Client, err = client.New(s.Config.URL, s.AdminToken, s.TLS.CAPEM); err != nil {
-		return nil, err
-	}
-	_, tok, err := s.Control.CreateToken(ctx, wire.TokenCreate{Kind: string(deskrun.TokenEnrollment), Name: "bench agent"})
-	if err != nil {
-		return nil, err
+		data = filepath.Join(env.base, "data")
 	}
 	// The agent's state directory must be searchable by the users (their
 	// run directories are below it), like the default /var/lib/deskrun.
-	stateDir := filepath.Join(env.base, "agent")
-	info := agent.HostInfo(agent.DefaultHostFiles, max(o.Slots, 1))
-	m, err := agent.Enroll(ctx, agent.EnrollOptions{Token: tok, Name: "bench-box", StateDir: stateDir, Info: info, Force: true})
+	err = env.start(ctx, inProcessOptions{ServerData: filepath.Join(data, "server"), AgentState: filepath.Join(env.base, "agent"),
+		AgentName: "bench-box", Slots: o.Slots, SQLiteSync: o.SQLiteSync, Log: o.Log,
+		Logon: pam.New(pam.Config{Stack: stack}), RunAsExecutable: exe, ReapRuns: true})
 	if err != nil {
-		return nil, fmt.Errorf("enroll agent: %w", err)
+		return nil, err
 	}
-	env.Machine = m.ID
-	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	env.cancel, env.done = cancel, make(chan error, 1)
-	a := &agent.Agent{StateDir: stateDir, Log: log, Info: info, Logon: pam.New(pam.Config{Stack: stack}),
-		RunAsExecutable: exe, ReapRuns: true}
-	go func() { env.done <- a.Run(actx) }()
-	deadline := time.Now().Add(15 * time.Second)
-	for !s.Hub.Online(m.ID) {
-		select {
-		case err := <-env.done:
-			env.done <- err
-			return nil, fmt.Errorf("agent stopped before connecting: %v", err)
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(2 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return nil, errors.New("agent did not connect within 15s")
-		}
-	}
+	s := env.Server
 
 	// Connections through control, with a plain password: each is sealed
 	// to the agent's key and tested there (one real PAM logon).
 	admin := control.Actor{ID: "bench", Role: deskrun.RoleAdmin}
 	for i, u := range env.Users {
 		name := fmt.Sprintf("drb-%s-%d", o.Users[i], i)
-		if _, _, err := s.Control.CreateConnection(ctx, admin, wire.ConnectionCreate{Name: name, Machine: m.ID, Username: u,
+		if _, _, err := s.Control.CreateConnection(ctx, admin, wire.ConnectionCreate{Name: name, Machine: env.Machine, Username: u,
 			Password: wire.Secret(benchPassword)}); err != nil {
 			return nil, fmt.Errorf("create connection %s for %s: %w", name, u, err)
 		}
@@ -244,7 +192,7 @@ func StartDesktopEnv(ctx context.Context, o DesktopEnvOptions) (_ *DesktopEnv, e
 			return nil, err
 		}
 	}
-	env.progress("server %s, agent %s (%d slots), %d connections, flows pushed", s.Config.URL, m.ID, info.Slots, len(env.Connections))
+	env.progress("server %s, agent %s (%d slots), %d connections, flows pushed", s.Config.URL, env.Machine, max(o.Slots, 1), len(env.Connections))
 	return env, nil
 }
 
@@ -295,15 +243,7 @@ func shadowTool(ctx context.Context, args ...string) error {
 // Close stops the agent and the server, deletes the users and removes
 // the temporary files. It is safe on a half-made environment.
 func (e *DesktopEnv) Close() {
-	if e.cancel != nil {
-		e.cancel()
-		<-e.done
-		e.cancel = nil
-	}
-	if e.Server != nil {
-		e.Server.Stop()
-		e.Server = nil
-	}
+	e.stop()
 	for _, u := range e.Users {
 		// -f: even if a process of the user survived its run.
 		if err := shadowTool(context.Background(), "userdel", "-f", u); err != nil {
