@@ -458,6 +458,47 @@ func waitParam(r *http.Request) (time.Duration, error) {
 // maxWait bounds ?wait= so a client cannot hold a request forever.
 const maxWait = 5 * time.Minute
 
+// limitParam reads a list's ?limit= (1 to 1000, 100 when absent).
+func limitParam(r *http.Request) (int, error) {
+	s := r.URL.Query().Get("limit")
+	if s == "" {
+		return 100, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 1000 {
+		return 0, &deskrun.Error{Code: deskrun.CodeInvalid, Field: "limit", Message: "limit must be between 1 and 1000"}
+	}
+	return n, nil
+}
+
+// machineParam resolves a list's ?machine= filter (an id or a name) to
+// the machine's id; "" when absent.
+func (a *API) machineParam(r *http.Request) (string, error) {
+	s := r.URL.Query().Get("machine")
+	if s == "" {
+		return "", nil
+	}
+	m, err := a.svc.Machine(r.Context(), s)
+	if err != nil {
+		return "", err
+	}
+	return m.ID, nil
+}
+
+// connectionParam resolves a list's ?connection= filter (an id or a
+// name) to the connection's id; "" when absent.
+func (a *API) connectionParam(r *http.Request) (string, error) {
+	s := r.URL.Query().Get("connection")
+	if s == "" {
+		return "", nil
+	}
+	c, err := a.svc.Connection(r.Context(), s)
+	if err != nil {
+		return "", err
+	}
+	return c.ID, nil
+}
+
 func (a *API) getJob(w http.ResponseWriter, r *http.Request) error {
 	wait, err := waitParam(r)
 	if err != nil {
@@ -473,23 +514,16 @@ func (a *API) getJob(w http.ResponseWriter, r *http.Request) error {
 
 func (a *API) listJobs(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	f := store.JobFilter{Limit: 100}
-	if m := q.Get("machine"); m != "" {
-		mach, err := a.svc.Machine(r.Context(), m)
-		if err != nil {
-			return err
-		}
-		f.MachineID = mach.ID
+	var f store.JobFilter
+	var err error
+	if f.MachineID, err = a.machineParam(r); err != nil {
+		return err
 	}
 	if s := q.Get("state"); s != "" {
 		f.States = []deskrun.JobState{deskrun.JobState(s)}
 	}
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 1000 {
-			return &deskrun.Error{Code: deskrun.CodeInvalid, Field: "limit", Message: "limit must be between 1 and 1000"}
-		}
-		f.Limit = n
+	if f.Limit, err = limitParam(r); err != nil {
+		return err
 	}
 	js, err := a.svc.Jobs(r.Context(), f)
 	if err != nil {

@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"net/http"
-	"strconv"
 
 	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/store"
@@ -91,21 +90,13 @@ func (a *API) testConnection(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *API) listAudit(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	f := store.AuditFilter{Action: q.Get("action"), Limit: 100}
-	if c := q.Get("connection"); c != "" {
-		conn, err := a.svc.Connection(r.Context(), c)
-		if err != nil {
-			return err
-		}
-		f.ConnectionID = conn.ID
+	f := store.AuditFilter{Action: r.URL.Query().Get("action")}
+	var err error
+	if f.ConnectionID, err = a.connectionParam(r); err != nil {
+		return err
 	}
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 1000 {
-			return &deskrun.Error{Code: deskrun.CodeInvalid, Field: "limit", Message: "limit must be between 1 and 1000"}
-		}
-		f.Limit = n
+	if f.Limit, err = limitParam(r); err != nil {
+		return err
 	}
 	es, err := a.svc.Audit(r.Context(), f)
 	if err != nil {

@@ -154,16 +154,13 @@ func (a *API) getFlowRun(w http.ResponseWriter, r *http.Request) error {
 
 func (a *API) listFlowRuns(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	f := store.FlowRunFilter{Flow: q.Get("flow"), Limit: 100}
+	f := store.FlowRunFilter{Flow: q.Get("flow")}
 	if s := q.Get("state"); s != "" {
 		f.States = []deskrun.FlowRunState{deskrun.FlowRunState(s)}
 	}
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 1000 {
-			return &deskrun.Error{Code: deskrun.CodeInvalid, Field: "limit", Message: "limit must be between 1 and 1000"}
-		}
-		f.Limit = n
+	var err error
+	if f.Limit, err = limitParam(r); err != nil {
+		return err
 	}
 	runs, err := a.svc.ListFlowRuns(r.Context(), f)
 	if err != nil {

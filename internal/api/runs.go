@@ -56,30 +56,19 @@ func (a *API) startRun(w http.ResponseWriter, r *http.Request) error {
 
 func (a *API) listRuns(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	f := store.RunFilter{Flow: q.Get("flow"), Limit: 100}
+	f := store.RunFilter{Flow: q.Get("flow")}
 	if s := q.Get("state"); s != "" {
 		f.States = []deskrun.RunState{deskrun.RunState(s)}
 	}
-	if m := q.Get("machine"); m != "" {
-		mach, err := a.svc.Machine(r.Context(), m)
-		if err != nil {
-			return err
-		}
-		f.MachineID = mach.ID
+	var err error
+	if f.MachineID, err = a.machineParam(r); err != nil {
+		return err
 	}
-	if c := q.Get("connection"); c != "" {
-		conn, err := a.svc.Connection(r.Context(), c)
-		if err != nil {
-			return err
-		}
-		f.ConnectionID = conn.ID
+	if f.ConnectionID, err = a.connectionParam(r); err != nil {
+		return err
 	}
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 1000 {
-			return &deskrun.Error{Code: deskrun.CodeInvalid, Field: "limit", Message: "limit must be between 1 and 1000"}
-		}
-		f.Limit = n
+	if f.Limit, err = limitParam(r); err != nil {
+		return err
 	}
 	runs, err := a.svc.ListRuns(r.Context(), f)
 	if err != nil {
