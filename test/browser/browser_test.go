@@ -5,50 +5,33 @@
 package browser
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
+
+	"github.com/deskrun/deskrun/test/world"
 )
 
 const (
 	fixturePrefix = "drt_web_"
-	fixturePW     = "Secret123!"
+	fixturePW     = world.FixturePassword
 	chromium      = "/usr/lib/chromium/chromium" // the binary behind Debian's /usr/bin/chromium wrapper
 )
 
-var bin string
+var pamFx = &world.PAM{Name: "browser", Prefix: fixturePrefix}
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "deskrun-browser-")
-	if err != nil {
-		panic(err)
-	}
-	bin = filepath.Join(dir, "deskrun")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/deskrun").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build deskrun: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	teardownPAM()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { world.Main(m, "browser", pamFx) }
 
 // need skips off CI, and fails under CI, when a prerequisite is missing:
 // root (real PAM users), Chromium, Xvfb.
@@ -72,168 +55,38 @@ func need(t *testing.T) {
 	t.Skipf("browser tests need %s: run as root via .ci/run", strings.Join(missing, ", "))
 }
 
-var pamFx struct {
-	once sync.Once
-	dir  string
-	env  []string
-	err  error
-}
+// webWorld is a server process, an agent process (machine "box") and the CLI.
+type webWorld struct{ *world.World }
 
-func fixtureScript() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "fixtures", "pam-users.sh")
-}
-
-func setupPAM(t *testing.T) {
-	pamFx.once.Do(func() {
-		dir, err := os.MkdirTemp("", "deskrun-browser-pam-")
-		if err != nil {
-			pamFx.err = err
-			return
-		}
-		pamFx.dir = dir
-		pamFx.env = []string{"DESKRUN_PAM_DIR=" + filepath.Join(dir, "pam.d"), "DESKRUN_PAM_CONFIG_DIR=" + filepath.Join(dir, "config"),
-			"DESKRUN_FAILLOCK_DIR=" + filepath.Join(dir, "faillock"), "DESKRUN_NOLOGIN_FILE=" + filepath.Join(dir, "nologin")}
-		cmd := exec.Command("bash", fixtureScript(), "setup")
-		cmd.Env = append(os.Environ(), "DESKRUN_PAM_FIXTURE_DIR="+dir, "DESKRUN_PAM_FIXTURE_PREFIX="+fixturePrefix)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			pamFx.err = fmt.Errorf("pam-users.sh: %v\n%s", err, out)
-			return
-		}
-		cmd = exec.Command(bin, "agent", "install-pam")
-		cmd.Env = append(os.Environ(), pamFx.env...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			pamFx.err = fmt.Errorf("install-pam: %v\n%s", err, out)
-		}
-	})
-	require.NoError(t, pamFx.err)
-}
-
-func teardownPAM() {
-	if pamFx.dir == "" {
-		return
-	}
-	cmd := exec.Command("bash", fixtureScript(), "teardown")
-	cmd.Env = append(os.Environ(), "DESKRUN_PAM_FIXTURE_DIR="+pamFx.dir, "DESKRUN_PAM_FIXTURE_PREFIX="+fixturePrefix)
-	_ = cmd.Run()
-	os.RemoveAll(pamFx.dir)
-}
-
-// world is a server process, an agent process (machine "box") and the CLI.
-type world struct {
-	t        *testing.T
-	dir      string
-	addr     string
-	url      string
-	env      []string
-	agent    *exec.Cmd
-	agentDir string
-}
-
-func newWorld(t *testing.T) *world {
+func newWorld(t *testing.T) *webWorld {
 	need(t)
-	setupPAM(t)
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	l.Close()
-	w := &world{t: t, dir: dir, addr: addr, url: "https://" + addr, agentDir: filepath.Join(dir, "agent")}
-	w.env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
-	w.env = append(w.env, pamFx.env...)
-	w.start("server", "--data", filepath.Join(dir, "data"), "--listen", addr, "--heartbeat-interval", "200ms")
-	w.eventually("server ready", func() bool {
-		_, err := os.Stat(filepath.Join(dir, "data", "admin.token"))
-		return err == nil
-	})
-	tok, err := os.ReadFile(filepath.Join(dir, "data", "admin.token"))
-	require.NoError(t, err)
-	w.env = append(w.env, "DESKRUN_SERVER="+w.url, "DESKRUN_TOKEN="+strings.TrimSpace(string(tok)),
-		"DESKRUN_CA_FILE="+filepath.Join(dir, "data", "tls", "ca.crt"))
-	w.eventually("server answers", func() bool { _, err := w.try("machine", "list"); return err == nil })
-	enroll := strings.TrimSpace(w.run("token", "create", "--enrollment"))
-	w.run("agent", "enroll", "--token", enroll, "--name", "box", "--state-dir", w.agentDir)
-	w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
-	w.eventually("machine online", func() bool { return strings.Contains(w.run("machine", "list"), "online") })
+	pamFx.Setup(t)
+	w := &webWorld{world.New(t)}
+	w.Patience = 30 * time.Second
+	w.Env = append(w.Env, pamFx.Env()...)
+	w.StartServer()
+	w.Eventually("server answers", func() bool { _, err := w.Try("machine", "list"); return err == nil })
+	w.Enroll("box")
+	w.Eventually("machine online", func() bool { return strings.Contains(w.Run("machine", "list"), "online") })
 	return w
-}
-
-func (w *world) start(args ...string) *exec.Cmd {
-	cmd := exec.Command(bin, args...)
-	cmd.Env = w.env
-	logf, err := os.OpenFile(filepath.Join(w.dir, args[0]+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	require.NoError(w.t, err)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	require.NoError(w.t, cmd.Start())
-	w.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); logf.Close() })
-	return cmd
-}
-
-func (w *world) run(args ...string) string {
-	w.t.Helper()
-	out, err := w.try(args...)
-	require.NoError(w.t, err, "deskrun %s: %s", strings.Join(args, " "), out)
-	return out
-}
-
-func (w *world) try(args ...string) (string, error) {
-	return w.tryStdin("", args...)
-}
-
-func (w *world) tryStdin(stdin string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = w.env
-	cmd.Stdin = strings.NewReader(stdin)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
-}
-
-func (w *world) eventually(what string, cond func() bool) {
-	w.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			logs, _ := filepath.Glob(filepath.Join(w.dir, "*.log"))
-			for _, l := range logs {
-				b, _ := os.ReadFile(l)
-				w.t.Logf("%s:\n%s", l, b)
-			}
-			w.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// flowDir writes a desktop flow package.
-func flowDir(t *testing.T, manifest string, files map[string]string) string {
-	dir := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "desktopflow.yaml"), []byte(manifest), 0o644))
-	for name, body := range files {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(body), 0o755))
-	}
-	return dir
 }
 
 // spki pins the server's certificate for Chromium: the base64 SHA-256 of
 // its public key, for --ignore-certificate-errors-spki-list. Only this
 // server's certificate is accepted, not any.
-func (w *world) spki() string {
-	b, err := os.ReadFile(filepath.Join(w.dir, "data", "tls", "server.crt"))
-	require.NoError(w.t, err)
+func (w *webWorld) spki() string {
+	b, err := os.ReadFile(filepath.Join(w.Dir, "data", "tls", "server.crt"))
+	require.NoError(w.T, err)
 	blk, _ := pem.Decode(b)
-	require.NotNil(w.t, blk)
+	require.NotNil(w.T, blk)
 	cert, err := x509.ParseCertificate(blk.Bytes)
-	require.NoError(w.t, err)
+	require.NoError(w.T, err)
 	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
 
 // browser starts a headless Chromium with its own profile.
-func (w *world) browser(t *testing.T) context.Context {
+func (w *webWorld) browser(t *testing.T) context.Context {
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium),
 		chromedp.NoSandbox,
@@ -274,10 +127,10 @@ func shot(t *testing.T, ctx context.Context, name string) {
 	require.NoError(t, os.WriteFile(filepath.Join("artifacts", name+".png"), png, 0o644))
 }
 
-func (w *world) signIn(t *testing.T, ctx context.Context, user, password string) {
+func (w *webWorld) signIn(t *testing.T, ctx context.Context, user, password string) {
 	t.Helper()
 	require.NoError(t, chromedp.Do(ctx,
-		chromedp.Navigate(w.url+"/"),
+		chromedp.Navigate(w.URL+"/"),
 		chromedp.WaitVisible(chromedp.ID("user")),
 		chromedp.SendKeys(chromedp.ID("user"), user),
 		chromedp.SendKeys(chromedp.ID("password"), password),
@@ -307,11 +160,11 @@ func waitText(t *testing.T, ctx context.Context, sel, want string) {
 func TestConsole(t *testing.T) {
 	w := newWorld(t)
 	ok := fixturePrefix + "ok"
-	w.run("desktopflow", "push", flowDir(t, "name: hello\ndescription: greets, then waits for the test's signal\ninputs:\n  - name: greeting\n    required: true\n  - name: signal\n    description: a file the flow waits for before it ends\n    required: true\noutputs:\n  - name: said\nrun: ./hello.sh\ntimeout: 2m\n",
+	w.Run("desktopflow", "push", world.FlowDir(t, "name: hello\ndescription: greets, then waits for the test's signal\ninputs:\n  - name: greeting\n    required: true\n  - name: signal\n    description: a file the flow waits for before it ends\n    required: true\noutputs:\n  - name: said\nrun: ./hello.sh\ntimeout: 2m\n",
 		map[string]string{"hello.sh": "#!/bin/sh\necho \"tick 1: $DESKRUN_INPUT_GREETING\"\nwhile [ ! -e \"$DESKRUN_INPUT_SIGNAL\" ]; do sleep 0.05; done\necho 'tick 2: done'\nprintf '{\"said\": \"%s\"}' \"$DESKRUN_INPUT_GREETING\" > \"$DESKRUN_OUTPUT\"\n"}))
-	_, err := w.tryStdin("maker-password\n", "user", "create", "mia", "--role", "maker", "--password-stdin")
+	_, err := w.TryStdin("maker-password\n", "user", "create", "mia", "--role", "maker", "--password-stdin")
 	require.NoError(t, err)
-	_, err = w.tryStdin("viewer-password\n", "user", "create", "vic", "--role", "viewer", "--password-stdin")
+	_, err = w.TryStdin("viewer-password\n", "user", "create", "vic", "--role", "viewer", "--password-stdin")
 	require.NoError(t, err)
 
 	ctx := w.browser(t)
@@ -325,7 +178,7 @@ func TestConsole(t *testing.T) {
 
 	t.Run("a wrong password is explained and nothing is saved; then fixed", func(t *testing.T) {
 		require.NoError(t, chromedp.Do(ctx,
-			chromedp.Navigate(w.url+"/connections"),
+			chromedp.Navigate(w.URL+"/connections"),
 			chromedp.Click(chromedp.ID("new-connection")),
 			chromedp.WaitVisible(chromedp.ID("c-name")),
 			chromedp.SendKeys(chromedp.ID("c-name"), "robot"),
@@ -340,7 +193,7 @@ func TestConsole(t *testing.T) {
 		require.Contains(t, res, "-1073741715")
 		require.Contains(t, res, "Resolution")
 		require.NotContains(t, text(t, ctx, "#conn-table"), "robot")
-		require.NotContains(t, w.run("connection", "list"), "robot", "a refused connection was saved")
+		require.NotContains(t, w.Run("connection", "list"), "robot", "a refused connection was saved")
 		shot(t, ctx, "connection-wrong-password")
 
 		// Fix it: the same form, the right password.
@@ -353,7 +206,7 @@ func TestConsole(t *testing.T) {
 		waitText(t, ctx, "#conn-result", "succeeded")
 		require.Contains(t, text(t, ctx, "#conn-result"), "Saved robot")
 		waitText(t, ctx, "#conn-table", "healthy")
-		require.Contains(t, w.run("connection", "list"), "robot")
+		require.Contains(t, w.Run("connection", "list"), "robot")
 		shot(t, ctx, "connections")
 	})
 
@@ -364,7 +217,7 @@ func TestConsole(t *testing.T) {
 		require.NoError(t, os.Chmod(sigDir, 0o755))
 		signal := filepath.Join(sigDir, "go")
 		require.NoError(t, chromedp.Do(ctx,
-			chromedp.Navigate(w.url+"/desktopflows/hello"),
+			chromedp.Navigate(w.URL+"/desktopflows/hello"),
 			chromedp.WaitVisible(chromedp.ID("run-form")),
 			chromedp.SendKeys(chromedp.ID("in-greeting"), "bonjour"),
 			chromedp.SendKeys(chromedp.ID("in-signal"), signal),
@@ -391,9 +244,9 @@ func TestConsole(t *testing.T) {
 	})
 
 	t.Run("a failed desktop run shows its screenshot", func(t *testing.T) {
-		w.run("desktopflow", "push", flowDir(t, "name: gui\ndesktop: true\nrun: ./gui.sh\n", map[string]string{"gui.sh": "#!/bin/sh\nxsetroot -solid '#336699'\nxmessage -geometry +50+50 'deskrun console test' &\nsleep 1\necho 'about to fail' >&2\nexit 3\n"}))
+		w.Run("desktopflow", "push", world.FlowDir(t, "name: gui\ndesktop: true\nrun: ./gui.sh\n", map[string]string{"gui.sh": "#!/bin/sh\nxsetroot -solid '#336699'\nxmessage -geometry +50+50 'deskrun console test' &\nsleep 1\necho 'about to fail' >&2\nexit 3\n"}))
 		require.NoError(t, chromedp.Do(ctx,
-			chromedp.Navigate(w.url+"/desktopflows/gui"),
+			chromedp.Navigate(w.URL+"/desktopflows/gui"),
 			chromedp.WaitVisible(chromedp.ID("run-form")),
 			chromedp.Click(chromedp.ID("run-submit")),
 			chromedp.WaitVisible(chromedp.ID("run-log")),
@@ -409,22 +262,22 @@ func TestConsole(t *testing.T) {
 		shot(t, ctx, "run-failed-screenshot")
 
 		// The runs list filters by state.
-		require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(w.url+"/runs?state=failed"), chromedp.WaitVisible(chromedp.CSS("table"))))
+		require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(w.URL+"/runs?state=failed"), chromedp.WaitVisible(chromedp.CSS("table"))))
 		list := text(t, ctx, "main table")
 		require.Contains(t, list, "gui")
 		require.NotContains(t, list, "hello")
 	})
 
 	t.Run("machine state updates live", func(t *testing.T) {
-		require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(w.url+"/machines"), chromedp.WaitVisible(chromedp.ID("machine-box"))))
+		require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(w.URL+"/machines"), chromedp.WaitVisible(chromedp.ID("machine-box"))))
 		require.Contains(t, text(t, ctx, "#machine-box"), "online")
 		_, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.__notReloaded = true`))
 		require.NoError(t, err)
-		require.NoError(t, w.agent.Process.Kill())
-		w.agent.Wait()
+		require.NoError(t, w.Agent.Process.Kill())
+		w.Agent.Wait()
 		waitText(t, ctx, "#machine-box", "offline")
 		shot(t, ctx, "machines-offline")
-		w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
+		w.Agent = w.Start("agent", "run", "--state-dir", w.AgentDir)
 		waitText(t, ctx, "#machine-box", "online")
 		still, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.__notReloaded === true`))
 		require.NoError(t, err)
@@ -434,7 +287,7 @@ func TestConsole(t *testing.T) {
 	t.Run("a viewer cannot create a connection", func(t *testing.T) {
 		vctx := w.browser(t)
 		w.signIn(t, vctx, "vic", "viewer-password")
-		require.NoError(t, chromedp.Do(vctx, chromedp.Navigate(w.url+"/connections"), chromedp.WaitVisible(chromedp.ID("conn-table"))))
+		require.NoError(t, chromedp.Do(vctx, chromedp.Navigate(w.URL+"/connections"), chromedp.WaitVisible(chromedp.ID("conn-table"))))
 		absent, err := chromedp.Run(vctx, chromedp.Evaluate[bool](`document.getElementById("create-form") === null && document.getElementById("new-connection") === null && !document.body.textContent.includes("Re-test")`))
 		require.NoError(t, err)
 		require.True(t, absent, "a viewer sees the create form or a re-test button")
@@ -442,20 +295,20 @@ func TestConsole(t *testing.T) {
 		shot(t, vctx, "connections-viewer")
 
 		// The API refuses the same action to a viewer's token.
-		tok := strings.TrimSpace(w.run("token", "create", "--role", "viewer"))
-		env := w.env
-		w.env = append(append([]string{}, env...), "DESKRUN_TOKEN="+tok)
-		out, err := w.tryStdin(fixturePW+"\n", "connection", "create", "sneaky", "--machine", "box", "--username", ok, "--password-stdin", "--server-seal")
-		w.env = env
+		tok := strings.TrimSpace(w.Run("token", "create", "--role", "viewer"))
+		env := w.Env
+		w.Env = append(append([]string{}, env...), "DESKRUN_TOKEN="+tok)
+		out, err := w.TryStdin(fixturePW+"\n", "connection", "create", "sneaky", "--machine", "box", "--username", ok, "--password-stdin", "--server-seal")
+		w.Env = env
 		require.Error(t, err)
 		require.Contains(t, out, "Forbidden")
-		require.NotContains(t, w.run("connection", "list"), "sneaky")
+		require.NotContains(t, w.Run("connection", "list"), "sneaky")
 	})
 
 	t.Run("phone width", func(t *testing.T) {
 		require.NoError(t, chromedp.Do(ctx,
 			chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile),
-			chromedp.Navigate(w.url+"/connections"),
+			chromedp.Navigate(w.URL+"/connections"),
 			chromedp.WaitVisible(chromedp.ID("conn-table")),
 		))
 		overflow, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth + 1`))
@@ -472,11 +325,11 @@ func TestConsole(t *testing.T) {
 func TestCloudFlowConsole(t *testing.T) {
 	w := newWorld(t)
 	ok := fixturePrefix + "ok"
-	w.run("desktopflow", "push", flowDir(t, "name: whoami\ninputs:\n  - name: who\n    required: true\noutputs:\n  - name: greeting\n  - name: user\nrun: ./whoami.sh\ntimeout: 1m\n",
+	w.Run("desktopflow", "push", world.FlowDir(t, "name: whoami\ninputs:\n  - name: who\n    required: true\noutputs:\n  - name: greeting\n  - name: user\nrun: ./whoami.sh\ntimeout: 1m\n",
 		map[string]string{"whoami.sh": "#!/bin/sh\necho \"hello $DESKRUN_INPUT_WHO from $(id -un)\"\nprintf '{\"greeting\": \"hello %s\", \"user\": \"%s\"}' \"$DESKRUN_INPUT_WHO\" \"$(id -un)\" > \"$DESKRUN_OUTPUT\"\n"}))
-	_, err := w.tryStdin(fixturePW+"\n", "connection", "create", "robot", "--machine", "box", "--username", ok, "--password-stdin")
+	_, err := w.TryStdin(fixturePW+"\n", "connection", "create", "robot", "--machine", "box", "--username", ok, "--password-stdin")
 	require.NoError(t, err)
-	_, err = w.tryStdin("hook-secret-0123456789", "secret", "set", "greet_hook", "--value-stdin")
+	_, err = w.TryStdin("hook-secret-0123456789", "secret", "set", "greet_hook", "--value-stdin")
 	require.NoError(t, err)
 	def := filepath.Join(t.TempDir(), "greet.flow.yaml")
 	require.NoError(t, os.WriteFile(def, []byte(`name: greet
@@ -502,16 +355,16 @@ outputs:
   greeting: "${{ steps.greet.outputs.greeting }}"
   user: "${{ steps.greet.outputs.user }}"
 `), 0o644))
-	w.run("flow", "apply", def)
-	_, err = w.tryStdin("maker-password\n", "user", "create", "mia", "--role", "maker", "--password-stdin")
+	w.Run("flow", "apply", def)
+	_, err = w.TryStdin("maker-password\n", "user", "create", "mia", "--role", "maker", "--password-stdin")
 	require.NoError(t, err)
 
 	ctx := w.browser(t)
 	w.signIn(t, ctx, "mia", "maker-password")
-	hook := w.url + "/hooks/greet-hook"
+	hook := w.URL + "/hooks/greet-hook"
 
 	require.NoError(t, chromedp.Do(ctx,
-		chromedp.Navigate(w.url+"/"),
+		chromedp.Navigate(w.URL+"/"),
 		chromedp.Click(chromedp.CSS(`nav a[href="/flows"]`)),
 		chromedp.WaitVisible(chromedp.ID("cloudflow-greet")),
 	))

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,7 +22,6 @@ import (
 
 	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/agent"
-	"github.com/deskrun/deskrun/internal/client"
 	"github.com/deskrun/deskrun/internal/control"
 	"github.com/deskrun/deskrun/internal/identity"
 	"github.com/deskrun/deskrun/internal/identity/pam"
@@ -32,26 +29,17 @@ import (
 	"github.com/deskrun/deskrun/internal/seal"
 	"github.com/deskrun/deskrun/internal/server"
 	"github.com/deskrun/deskrun/internal/wire"
+	"github.com/deskrun/deskrun/test/world"
 )
 
 // The PAM fixture: real local users (prefix drt_e2e_) in every state, and
 // the stack `deskrun agent install-pam` writes, in a private directory.
 const (
 	fixturePrefix = "drt_e2e_"
-	fixturePW     = "Secret123!"
+	fixturePW     = world.FixturePassword
 )
 
-var pamFx struct {
-	once sync.Once
-	dir  string
-	env  []string // DESKRUN_PAM_* for the agent
-	err  error
-}
-
-func fixtureScript() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "fixtures", "pam-users.sh")
-}
+var pamFx = &world.PAM{Name: "e2e", Prefix: fixturePrefix}
 
 func needPAM(t *testing.T) {
 	t.Helper()
@@ -61,38 +49,7 @@ func needPAM(t *testing.T) {
 		}
 		t.Skip("needs root: run as root or via .ci/run")
 	}
-	pamFx.once.Do(func() {
-		dir, err := os.MkdirTemp("", "deskrun-e2e-pam-")
-		if err != nil {
-			pamFx.err = err
-			return
-		}
-		pamFx.dir = dir
-		pamFx.env = []string{"DESKRUN_PAM_DIR=" + filepath.Join(dir, "pam.d"), "DESKRUN_PAM_CONFIG_DIR=" + filepath.Join(dir, "config"),
-			"DESKRUN_FAILLOCK_DIR=" + filepath.Join(dir, "faillock"), "DESKRUN_NOLOGIN_FILE=" + filepath.Join(dir, "nologin")}
-		cmd := exec.Command("bash", fixtureScript(), "setup")
-		cmd.Env = append(os.Environ(), "DESKRUN_PAM_FIXTURE_DIR="+dir, "DESKRUN_PAM_FIXTURE_PREFIX="+fixturePrefix)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			pamFx.err = fmt.Errorf("pam-users.sh: %v\n%s", err, out)
-			return
-		}
-		cmd = exec.Command(bin, "agent", "install-pam")
-		cmd.Env = append(os.Environ(), pamFx.env...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			pamFx.err = fmt.Errorf("install-pam: %v\n%s", err, out)
-		}
-	})
-	require.NoError(t, pamFx.err)
-}
-
-func teardownPAM() {
-	if pamFx.dir == "" {
-		return
-	}
-	cmd := exec.Command("bash", fixtureScript(), "teardown")
-	cmd.Env = append(os.Environ(), "DESKRUN_PAM_FIXTURE_DIR="+pamFx.dir, "DESKRUN_PAM_FIXTURE_PREFIX="+fixturePrefix)
-	_ = cmd.Run()
-	os.RemoveAll(pamFx.dir)
+	pamFx.Setup(t)
 }
 
 // newUser makes a throwaway local user with a SHA-512 password (fast).
@@ -116,52 +73,38 @@ func setPassword(t *testing.T, name, password string) {
 }
 
 // connWorld is a server process and an agent process with PAM.
-func connWorld(t *testing.T, serverArgs ...string) *world {
+func connWorld(t *testing.T, serverArgs ...string) *e2eWorld {
 	needPAM(t)
 	w := newWorld(t)
-	w.env = append(w.env, pamFx.env...)
-	w.serverArgs = serverArgs
-	w.startServer()
-	token := strings.TrimSpace(w.run("token", "create", "--enrollment"))
-	w.run("agent", "enroll", "--token", token, "--name", "box", "--state-dir", w.agentDir)
-	w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
-	w.eventually("machine online", func() bool { return w.machine("box").State == "online" })
+	w.Env = append(w.Env, pamFx.Env()...)
+	w.ServerArgs = serverArgs
+	w.StartServer()
+	w.Enroll("box")
+	w.Eventually("machine online", func() bool { return w.machine("box").State == "online" })
 	return w
 }
 
 // create runs `connection create` with a password on stdin.
-func (w *world) create(name, username, password string, extra ...string) (string, error) {
+func (w *e2eWorld) create(name, username, password string, extra ...string) (string, error) {
 	args := append([]string{"connection", "create", name, "--machine", "box", "--username", username, "--password-stdin"}, extra...)
-	return w.tryStdin(password, args...)
+	return w.TryStdin(password, args...)
 }
 
-func (w *world) tryStdin(stdin string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = w.env
-	cmd.Stdin = strings.NewReader(stdin)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
-}
-
-func (w *world) connection(name string) wire.Connection {
+func (w *e2eWorld) connection(name string) wire.Connection {
 	var c wire.Connection
-	require.NoError(w.t, json.Unmarshal([]byte(w.run("connection", "show", name, "--json")), &c))
+	require.NoError(w.T, json.Unmarshal([]byte(w.Run("connection", "show", name, "--json")), &c))
 	return c
 }
 
-func (w *world) connectionCount() int {
+func (w *e2eWorld) connectionCount() int {
 	var l wire.ConnectionList
-	require.NoError(w.t, json.Unmarshal([]byte(w.run("connection", "list", "--json")), &l))
+	require.NoError(w.T, json.Unmarshal([]byte(w.Run("connection", "list", "--json")), &l))
 	return len(l.Connections)
 }
 
-func (w *world) audit(action string) []wire.AuditEvent {
+func (w *e2eWorld) audit(action string) []wire.AuditEvent {
 	var l wire.AuditList
-	require.NoError(w.t, json.Unmarshal([]byte(w.run("audit", "list", "--action", action, "--json", "--limit", "1000")), &l))
+	require.NoError(w.T, json.Unmarshal([]byte(w.Run("audit", "list", "--action", action, "--json", "--limit", "1000")), &l))
 	return l.Events
 }
 
@@ -175,7 +118,7 @@ func errorOf(t *testing.T, out string) *deskrun.Error {
 
 // failures counts a user's failed attempts in pam_faillock's tally.
 func failures(t *testing.T, user string) int {
-	out, _ := exec.Command("faillock", "--dir", filepath.Join(pamFx.dir, "faillock"), "--user", user).CombinedOutput()
+	out, _ := exec.Command("faillock", "--dir", filepath.Join(pamFx.Dir(), "faillock"), "--user", user).CombinedOutput()
 	n := 0
 	for _, l := range strings.Split(string(out), "\n") {
 		if len(l) > 0 && l[0] >= '0' && l[0] <= '9' { // one line per failure, starting with its date
@@ -248,7 +191,7 @@ func TestConnections(t *testing.T) {
 		require.Equal(t, "expiring", c.State)
 		require.Equal(t, identity.ReasonPasswordExpiresSoon, c.Reason)
 		require.InDelta(t, 5, c.ExpiresInDays, 1)
-		require.Contains(t, w.run("connection", "list"), "expiring: password expires in")
+		require.Contains(t, w.Run("connection", "list"), "expiring: password expires in")
 	})
 
 	t.Run("bad input never reaches the machine", func(t *testing.T) {
@@ -260,7 +203,7 @@ func TestConnections(t *testing.T) {
 			{strings.Repeat("x", 1<<20), identity.ReasonPasswordFormatInvalid},
 		} {
 			for _, extra := range [][]string{nil, {"--server-seal"}} {
-				out, err := w.tryStdin(c.pw+"\n", append([]string{"connection", "create", "bad", "--machine", "box", "--username", ok, "--password-stdin", "--json"}, extra...)...)
+				out, err := w.TryStdin(c.pw+"\n", append([]string{"connection", "create", "bad", "--machine", "box", "--username", ok, "--password-stdin", "--json"}, extra...)...)
 				require.Error(t, err)
 				require.Equal(t, c.reason, errorOf(t, out).Reason, out)
 			}
@@ -268,7 +211,7 @@ func TestConnections(t *testing.T) {
 		out, err := w.create("bad", "a\\b\\c", fixturePW, "--json")
 		require.Error(t, err)
 		require.Equal(t, identity.ReasonUpnFormatInvalid, errorOf(t, out).Reason)
-		out, err = w.tryStdin(fixturePW, "connection", "create", "bad", "--machine", "nowhere", "--username", ok, "--password-stdin", "--json")
+		out, err = w.TryStdin(fixturePW, "connection", "create", "bad", "--machine", "nowhere", "--username", ok, "--password-stdin", "--json")
 		require.Error(t, err)
 		require.Equal(t, deskrun.CodeNotFound, errorOf(t, out).Code)
 		require.Equal(t, attempts, len(w.audit(deskrun.AuditLogonAttempt)), "bad input made a logon attempt")
@@ -285,7 +228,7 @@ func TestConnections(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				out, err := w.try("connection", "test", "rot", "--json")
+				out, err := w.Try("connection", "test", "rot", "--json")
 				if err != nil {
 					e := errorOf(t, out)
 					codes[i] = e.Code + "/" + e.Reason
@@ -308,15 +251,15 @@ func TestConnections(t *testing.T) {
 		c := w.connection("rot")
 		require.Equal(t, "broken", c.State)
 		require.Equal(t, identity.ReasonWrongPassword, c.Reason)
-		require.Contains(t, w.run("connection", "list"), "broken: WrongPassword 0xC000006D")
+		require.Contains(t, w.Run("connection", "list"), "broken: WrongPassword 0xC000006D")
 
 		// Updating the password with a wrong one is refused and keeps it broken;
 		// the right one heals it.
-		out, err = w.tryStdin("Still-wrong-3", "connection", "update", "rot", "--password-stdin", "--json")
+		out, err = w.TryStdin("Still-wrong-3", "connection", "update", "rot", "--password-stdin", "--json")
 		require.Error(t, err)
 		require.Equal(t, identity.ReasonWrongPassword, errorOf(t, out).Reason)
 		require.Equal(t, "broken", w.connection("rot").State)
-		out, err = w.tryStdin("Second-pass-2", "connection", "update", "rot", "--password-stdin")
+		out, err = w.TryStdin("Second-pass-2", "connection", "update", "rot", "--password-stdin")
 		require.NoError(t, err, out)
 		require.Equal(t, "healthy", w.connection("rot").State)
 	})
@@ -326,37 +269,37 @@ func TestConnections(t *testing.T) {
 		out, err := w.create("chg", u, "Change-me-1")
 		require.NoError(t, err, out)
 		require.NoError(t, exec.Command("chage", "-d", "0", u).Run())
-		out, err = w.try("connection", "test", "chg", "--json")
+		out, err = w.Try("connection", "test", "chg", "--json")
 		require.Error(t, err)
 		require.Equal(t, identity.ReasonPasswordMustChange, errorOf(t, out).Reason)
 		require.Equal(t, "broken", w.connection("chg").State)
 		// Only an admin may force another attempt; this token is admin.
 		require.NoError(t, exec.Command("chage", "-d", time.Now().Format("2006-01-02"), u).Run())
-		out, err = w.try("connection", "test", "chg")
+		out, err = w.Try("connection", "test", "chg")
 		require.Error(t, err, "a broken connection must be refused without --force")
 		require.Contains(t, out, "ConnectionBroken")
-		out, err = w.try("connection", "test", "chg", "--force")
+		out, err = w.Try("connection", "test", "chg", "--force")
 		require.NoError(t, err, out)
 		require.Equal(t, "healthy", w.connection("chg").State)
 	})
 
 	t.Run("offline machine", func(t *testing.T) {
-		w.kill(w.agent)
-		w.eventually("machine offline", func() bool { return w.machine("box").State == "offline" })
+		w.Kill(w.Agent)
+		w.Eventually("machine offline", func() bool { return w.machine("box").State == "offline" })
 		out, err := w.create("off", ok, fixturePW, "--json")
 		require.Error(t, err)
 		require.Equal(t, deskrun.CodeMachineOffline, errorOf(t, out).Code)
 		out, err = w.create("off", ok, fixturePW, "--skip-test")
 		require.NoError(t, err, out)
 		require.Equal(t, "untested", w.connection("off").State)
-		w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
-		w.eventually("machine online", func() bool { return w.machine("box").State == "online" })
+		w.Agent = w.Start("agent", "run", "--state-dir", w.AgentDir)
+		w.Eventually("machine online", func() bool { return w.machine("box").State == "online" })
 	})
 
 	t.Run("secrets are nowhere", func(t *testing.T) {
-		files, _ := filepath.Glob(filepath.Join(w.dir, "data", "deskrun.db*"))
+		files, _ := filepath.Glob(filepath.Join(w.Dir, "data", "deskrun.db*"))
 		require.NotEmpty(t, files)
-		logs, _ := filepath.Glob(filepath.Join(w.dir, "*.log"))
+		logs, _ := filepath.Glob(filepath.Join(w.Dir, "*.log"))
 		files = append(files, logs...)
 		for _, f := range files {
 			b, err := os.ReadFile(f)
@@ -365,7 +308,7 @@ func TestConnections(t *testing.T) {
 				require.False(t, bytes.Contains(b, []byte(secret)), "%s holds a password", f)
 			}
 		}
-		out := w.run("audit", "list", "--json", "--limit", "1000")
+		out := w.Run("audit", "list", "--json", "--limit", "1000")
 		require.NotContains(t, out, fixturePW)
 	})
 }
@@ -375,7 +318,7 @@ func TestConnections(t *testing.T) {
 func TestConnectionCiphertexts(t *testing.T) {
 	t.Parallel()
 	w := connWorld(t)
-	cl := w.apiClient()
+	cl := w.APIClient()
 	ctx := t.Context()
 	m, err := cl.Machine(ctx, "box")
 	require.NoError(t, err)
@@ -408,26 +351,6 @@ func TestConnectionCiphertexts(t *testing.T) {
 	require.Equal(t, "healthy", res.Connection.State)
 }
 
-func (w *world) apiClient() *client.Client {
-	var server, token, ca string
-	for _, e := range w.env {
-		k, v, _ := strings.Cut(e, "=")
-		switch k {
-		case "DESKRUN_SERVER":
-			server = v
-		case "DESKRUN_TOKEN":
-			token = v
-		case "DESKRUN_CA_FILE":
-			ca = v
-		}
-	}
-	pemBytes, err := os.ReadFile(ca)
-	require.NoError(w.t, err)
-	cl, err := client.New(server, token, pemBytes)
-	require.NoError(w.t, err)
-	return cl
-}
-
 // TestOldAgentAndWebhook runs the server and an agent in this process: the
 // agent speaks protocol 1 (no reasons), and a connection that breaks sends
 // a signed webhook.
@@ -449,7 +372,7 @@ func TestOldAgentAndWebhook(t *testing.T) {
 	defer hook.Close()
 
 	cfg := server.DefaultConfig()
-	cfg.Data, cfg.Listen = t.TempDir(), freePort(t)
+	cfg.Data, cfg.Listen = t.TempDir(), world.FreePort(t)
 	cfg.NotifyURL, cfg.NotifySecret = hook.URL, secret
 	s := &server.Server{Config: cfg, Log: slog.New(slog.DiscardHandler), Version: "test"}
 	require.NoError(t, s.Start(t.Context()))
@@ -461,8 +384,8 @@ func TestOldAgentAndWebhook(t *testing.T) {
 	_, err = agent.Enroll(ctx, agent.EnrollOptions{Token: tok, Name: "old", StateDir: stateDir, Info: agent.HostInfo(agent.DefaultHostFiles, 1)})
 	require.NoError(t, err)
 	stack := pam.DefaultStack()
-	stack.PAMDir, stack.ConfigDir = filepath.Join(pamFx.dir, "pam.d"), filepath.Join(pamFx.dir, "config")
-	stack.FaillockDir, stack.NologinFile = filepath.Join(pamFx.dir, "faillock"), filepath.Join(pamFx.dir, "nologin")
+	stack.PAMDir, stack.ConfigDir = filepath.Join(pamFx.Dir(), "pam.d"), filepath.Join(pamFx.Dir(), "config")
+	stack.FaillockDir, stack.NologinFile = filepath.Join(pamFx.Dir(), "faillock"), filepath.Join(pamFx.Dir(), "nologin")
 	actx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	connected := make(chan struct{}, 1)

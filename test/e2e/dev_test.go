@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/deskrun/deskrun/internal/wire"
+	"github.com/deskrun/deskrun/test/world"
 )
 
 // TestDev starts `deskrun dev`, uses the client config it writes with no
@@ -19,10 +20,10 @@ import (
 func TestDev(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	data := filepath.Join(w.dir, "data")
+	data := filepath.Join(w.Dir, "data")
 	startDev := func() (*exec.Cmd, string) {
-		cmd := exec.Command(bin, "dev", "--data", data, "--listen", w.addr, "--name", "devbox", "--log-level", "warn")
-		cmd.Env = w.env
+		cmd := exec.Command(world.Bin, "dev", "--data", data, "--listen", w.Addr, "--name", "devbox", "--log-level", "warn")
+		cmd.Env = w.Env
 		out, err := cmd.StdoutPipe()
 		require.NoError(t, err)
 		require.NoError(t, cmd.Start())
@@ -42,38 +43,38 @@ func TestDev(t *testing.T) {
 		return cmd, banner.String()
 	}
 	dev, banner := startDev()
-	require.Contains(t, banner, "https://"+w.addr)
+	require.Contains(t, banner, "https://"+w.Addr)
 	require.Contains(t, banner, "admin token:      drt_")
 	// Written client config: no --server, no --token.
-	cfg := filepath.Join(w.dir, "config", "deskrun", "config.yaml")
+	cfg := filepath.Join(w.Dir, "config", "deskrun", "config.yaml")
 	st, err := os.Stat(cfg)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), st.Mode().Perm())
 	var list wire.MachineList
-	require.NoError(t, json.Unmarshal([]byte(w.run("machine", "list", "--json")), &list))
+	require.NoError(t, json.Unmarshal([]byte(w.Run("machine", "list", "--json")), &list))
 	require.Len(t, list.Machines, 1)
 	first := list.Machines[0]
 	require.Equal(t, "devbox", first.Name)
 	require.Equal(t, "online", first.State)
 	require.Equal(t, wire.ProtocolVersion, first.ProtocolVersion)
-	out := w.run("job", "run", "--machine", "devbox", "--wait", "10s")
+	out := w.Run("job", "run", "--machine", "devbox", "--wait", "10s")
 	require.Contains(t, out, "succeeded")
 
-	w.kill(dev)
+	w.Kill(dev)
 	_, banner2 := startDev()
 	require.Equal(t, tokenLine(banner), tokenLine(banner2), "the admin token survives a restart")
-	w.eventually("machine online after restart", func() bool {
+	w.Eventually("machine online after restart", func() bool {
 		var l wire.MachineList
-		if json.Unmarshal([]byte(w.run("machine", "list", "--json")), &l) != nil || len(l.Machines) != 1 {
+		if json.Unmarshal([]byte(w.Run("machine", "list", "--json")), &l) != nil || len(l.Machines) != 1 {
 			return false
 		}
 		return l.Machines[0].ID == first.ID && l.Machines[0].State == "online"
 	})
 	var jobs wire.JobList
-	require.NoError(t, json.Unmarshal([]byte(w.run("job", "list", "--json")), &jobs))
+	require.NoError(t, json.Unmarshal([]byte(w.Run("job", "list", "--json")), &jobs))
 	require.Len(t, jobs.Jobs, 1)
 
-	require.Contains(t, w.run("migrate", "--data", data), "up to date")
+	require.Contains(t, w.Run("migrate", "--data", data), "up to date")
 }
 
 func tokenLine(banner string) string {

@@ -17,8 +17,8 @@ import (
 
 	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/notify"
-	"github.com/deskrun/deskrun/internal/pki"
 	"github.com/deskrun/deskrun/internal/wire"
+	"github.com/deskrun/deskrun/test/world"
 )
 
 // receiver is the local HTTP server a flow's http step posts to.
@@ -49,31 +49,31 @@ func (rc *receiver) got() []string {
 }
 
 // hook posts a signed webhook to the server and returns the run it started.
-func (w *world) hook(id, secret string, body []byte) wire.FlowRun {
-	w.t.Helper()
-	req, err := http.NewRequest(http.MethodPost, "https://"+w.addr+"/hooks/"+id, bytes.NewReader(body))
-	require.NoError(w.t, err)
+func (w *e2eWorld) hook(id, secret string, body []byte) wire.FlowRun {
+	w.T.Helper()
+	req, err := http.NewRequest(http.MethodPost, "https://"+w.Addr+"/hooks/"+id, bytes.NewReader(body))
+	require.NoError(w.T, err)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(notify.SignatureHeader, notify.Sign([]byte(secret), time.Now(), body))
-	resp, err := w.httpClient().Do(req)
-	require.NoError(w.t, err)
+	resp, err := w.HTTPClient().Do(req)
+	require.NoError(w.T, err)
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	require.Equal(w.t, http.StatusAccepted, resp.StatusCode, "%s", b)
+	require.Equal(w.T, http.StatusAccepted, resp.StatusCode, "%s", b)
 	var r wire.FlowRun
-	require.NoError(w.t, json.Unmarshal(b, &r))
+	require.NoError(w.T, json.Unmarshal(b, &r))
 	return r
 }
 
-func (w *world) flowRun(id string) wire.FlowRun {
+func (w *e2eWorld) flowRun(id string) wire.FlowRun {
 	var r wire.FlowRun
-	require.NoError(w.t, json.Unmarshal([]byte(w.run("run", "show", id, "--json")), &r))
+	require.NoError(w.T, json.Unmarshal([]byte(w.Run("run", "show", id, "--json")), &r))
 	return r
 }
 
-func (w *world) desktopRuns(flow string) []wire.Run {
+func (w *e2eWorld) desktopRuns(flow string) []wire.Run {
 	var l wire.RunList
-	require.NoError(w.t, json.Unmarshal([]byte(w.run("run", "list", "--flow", flow, "--json")), &l))
+	require.NoError(w.T, json.Unmarshal([]byte(w.Run("run", "list", "--flow", flow, "--json")), &l))
 	return l.Runs
 }
 
@@ -92,7 +92,7 @@ func TestCloudFlows(t *testing.T) {
 	w := connWorld(t)
 	out, err := w.create("robot", fixturePrefix+"ok", fixturePW)
 	require.NoError(t, err, out)
-	greet := flowDir(t, `name: greet
+	greet := world.FlowDir(t, `name: greet
 inputs:
   - name: who
     required: true
@@ -108,11 +108,11 @@ run: ./greet.sh
 sleep "$DESKRUN_INPUT_PAUSE"
 printf '{"greeting": "hello %s", "uid": %s}' "$DESKRUN_INPUT_WHO" "$(id -u)" > "$DESKRUN_OUTPUT"
 `})
-	w.run("desktopflow", "push", greet)
+	w.Run("desktopflow", "push", greet)
 	rc := newReceiver(t)
-	_, err = w.tryStdin("hook-secret-0123456789", "secret", "set", "hook_key", "--value-stdin")
+	_, err = w.TryStdin("hook-secret-0123456789", "secret", "set", "hook_key", "--value-stdin")
 	require.NoError(t, err)
-	w.run("flow", "apply", flowFile(t, `name: order
+	w.Run("flow", "apply", flowFile(t, `name: order
 triggers:
   webhook: {id: orders, secret: hook_key}
 steps:
@@ -134,7 +134,7 @@ outputs:
 
 	t.Run("webhook to desktop to http", func(t *testing.T) {
 		r := w.hook("orders", "hook-secret-0123456789", []byte(`{"customer": "Ada", "pause": 0}`))
-		w.eventually("flow run done", func() bool { return deskrun.FlowRunState(w.flowRun(r.ID).State).Terminal() })
+		w.Eventually("flow run done", func() bool { return deskrun.FlowRunState(w.flowRun(r.ID).State).Terminal() })
 		done := w.flowRun(r.ID)
 		require.Equal(t, "succeeded", done.State, "%+v", done.Error)
 		require.JSONEq(t, `{"greeting": "hello Ada"}`, string(done.Outputs))
@@ -151,16 +151,16 @@ outputs:
 		before := len(rc.got())
 		nDesk := len(w.desktopRuns("greet"))
 		r := w.hook("orders", "hook-secret-0123456789", []byte(`{"customer": "Bob", "pause": 2}`))
-		w.eventually("desktop step running", func() bool {
+		w.Eventually("desktop step running", func() bool {
 			runs := w.desktopRuns("greet")
 			if len(runs) > nDesk && deskrun.RunState(runs[0].State).Terminal() {
 				t.Fatalf("the desktop step ended before the server could be killed: %+v; flow run %+v", runs[0], w.flowRun(r.ID))
 			}
 			return len(runs) > nDesk && runs[0].State == "running"
 		})
-		w.kill(w.server)
-		w.startServer()
-		w.eventually("flow run done", func() bool { return deskrun.FlowRunState(w.flowRun(r.ID).State).Terminal() })
+		w.Kill(w.Server)
+		w.StartServer()
+		w.Eventually("flow run done", func() bool { return deskrun.FlowRunState(w.flowRun(r.ID).State).Terminal() })
 		done := w.flowRun(r.ID)
 		require.Equal(t, "succeeded", done.State, "%+v", done.Error)
 		require.Len(t, rc.got(), before+1, "the http step ran twice or not at all")
@@ -172,7 +172,7 @@ outputs:
 		out, err := w.create("rot", u, "Flow-pass-1")
 		require.NoError(t, err, out)
 		setPassword(t, u, "Flow-pass-2")
-		w.run("flow", "apply", flowFile(t, `name: stubborn
+		w.Run("flow", "apply", flowFile(t, `name: stubborn
 steps:
   - id: desk
     retry: {max: 5, backoff: 1s}
@@ -181,10 +181,10 @@ steps:
       connection: rot
       inputs: {who: x}
 `))
-		out, _ = w.try("flow", "run", "stubborn", "--wait", "60s", "--json")
+		out, _ = w.Try("flow", "run", "stubborn", "--wait", "60s", "--json")
 		var r wire.FlowRun
 		require.NoError(t, json.NewDecoder(strings.NewReader(out[strings.Index(out, "{"):])).Decode(&r), out)
-		w.eventually("flow run done", func() bool { return deskrun.FlowRunState(w.flowRun(r.ID).State).Terminal() })
+		w.Eventually("flow run done", func() bool { return deskrun.FlowRunState(w.flowRun(r.ID).State).Terminal() })
 		done := w.flowRun(r.ID)
 		require.Equal(t, "failed", done.State)
 		require.Len(t, done.Steps, 1, "a definitive failure was retried")
@@ -194,11 +194,11 @@ steps:
 
 	t.Run("bad webhooks are refused", func(t *testing.T) {
 		post := func(body []byte, sig string) int {
-			req, _ := http.NewRequest(http.MethodPost, "https://"+w.addr+"/hooks/orders", bytes.NewReader(body))
+			req, _ := http.NewRequest(http.MethodPost, "https://"+w.Addr+"/hooks/orders", bytes.NewReader(body))
 			if sig != "" {
 				req.Header.Set(notify.SignatureHeader, sig)
 			}
-			resp, err := w.httpClient().Do(req)
+			resp, err := w.HTTPClient().Do(req)
 			require.NoError(t, err)
 			resp.Body.Close()
 			return resp.StatusCode
@@ -210,19 +210,4 @@ steps:
 		big := bytes.Repeat([]byte("x"), 2<<20)
 		require.Equal(t, http.StatusRequestEntityTooLarge, post(big, notify.Sign([]byte("hook-secret-0123456789"), time.Now(), big)))
 	})
-}
-
-// httpClient trusts the world's server CA.
-func (w *world) httpClient() *http.Client {
-	var ca string
-	for _, e := range w.env {
-		if v, ok := strings.CutPrefix(e, "DESKRUN_CA_FILE="); ok {
-			ca = v
-		}
-	}
-	pemBytes, err := os.ReadFile(ca)
-	require.NoError(w.t, err)
-	cfg, err := pki.PoolConfig(pemBytes, "127.0.0.1")
-	require.NoError(w.t, err)
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 30 * time.Second}
 }

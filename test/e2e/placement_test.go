@@ -16,6 +16,7 @@ import (
 	"github.com/deskrun/deskrun/internal/desktopflow"
 	"github.com/deskrun/deskrun/internal/server"
 	"github.com/deskrun/deskrun/internal/wire"
+	"github.com/deskrun/deskrun/test/world"
 )
 
 // gate is an agent executor for desktop jobs that records the order runs
@@ -84,7 +85,7 @@ func TestPlacementOrder(t *testing.T) {
 		_, _, err := s.Control.CreateConnection(ctx, admin, wire.ConnectionCreate{Name: c.name, Machine: c.machine, Username: c.user, Password: wire.Secret("pw"), SkipTest: true})
 		require.NoError(t, err)
 	}
-	dir := flowDir(t, "name: f\nrun: 'true'\n", nil)
+	dir := world.FlowDir(t, "name: f\nrun: 'true'\n", nil)
 	archive, _, _, err := desktopflow.Pack(dir)
 	require.NoError(t, err)
 	_, _, err = s.Control.PushDesktopFlow(ctx, admin, archive)

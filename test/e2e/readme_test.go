@@ -30,14 +30,14 @@ func TestReadmeWalkthrough(t *testing.T) {
 	require.NoError(t, err)
 	for _, e := range entries {
 		if e.IsDir() {
-			out := w.run("desktopflow", "push", filepath.Join(examplesDir(), e.Name()))
+			out := w.Run("desktopflow", "push", filepath.Join(examplesDir(), e.Name()))
 			require.Contains(t, out, e.Name())
 		}
 	}
 	out, err := w.create("robot", fixturePrefix+"ok", fixturePW)
 	require.NoError(t, err, out)
 
-	out = w.run("desktopflow", "run", "hello", "--connection", "robot", "--input", "who=Ada", "--follow")
+	out = w.Run("desktopflow", "run", "hello", "--connection", "robot", "--input", "who=Ada", "--follow")
 	require.Contains(t, out, "hello, Ada")
 	require.Contains(t, out, "uid:    ")
 	require.Contains(t, out, `outputs: {"greeting":"hello, Ada"}`)
@@ -47,7 +47,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 	require.Equal(t, "succeeded", r.State)
 	require.True(t, r.HasScreenshot)
 	file := filepath.Join(t.TempDir(), "window.png")
-	w.run("run", "show", r.ID, "--screenshot", file)
+	w.Run("run", "show", r.ID, "--screenshot", file)
 	b, err := os.ReadFile(file)
 	require.NoError(t, err)
 	img, err := png.Decode(bytes.NewReader(b))
@@ -57,20 +57,20 @@ func TestReadmeWalkthrough(t *testing.T) {
 	require.Equal(t, []uint32{0x2b, 0x4a, 0x6f}, []uint32{cr >> 8, cg >> 8, cb >> 8})
 
 	var list wire.RunList
-	require.NoError(t, json.Unmarshal([]byte(w.run("run", "list", "--json")), &list))
+	require.NoError(t, json.Unmarshal([]byte(w.Run("run", "list", "--json")), &list))
 	require.Len(t, list.Runs, 2)
-	require.True(t, strings.Contains(w.run("run", "list"), "succeeded"))
+	require.True(t, strings.Contains(w.Run("run", "list"), "succeeded"))
 
 	// The first cloud flow: from the CLI, then from its webhook.
-	_, err = w.tryStdin("hook-secret-0123456789", "secret", "set", "hello_hook", "--value-stdin")
+	_, err = w.TryStdin("hook-secret-0123456789", "secret", "set", "hello_hook", "--value-stdin")
 	require.NoError(t, err)
-	w.run("flow", "apply", filepath.Join(examplesDir(), "hello.flow.yaml"))
-	out = w.run("flow", "run", "hello-flow", "--input", "who=Grace", "--wait", "60s", "--json")
+	w.Run("flow", "apply", filepath.Join(examplesDir(), "hello.flow.yaml"))
+	out = w.Run("flow", "run", "hello-flow", "--input", "who=Grace", "--wait", "60s", "--json")
 	var fr wire.FlowRun
 	require.NoError(t, json.Unmarshal([]byte(out), &fr))
 	require.Equal(t, "succeeded", fr.State, out)
 	require.JSONEq(t, `{"greeting": "hello, Grace"}`, string(fr.Outputs))
 	hr := w.hook("hello", "hook-secret-0123456789", []byte(`{"who": "Linus"}`))
-	w.eventually("webhook flow run done", func() bool { return w.flowRun(hr.ID).State == "succeeded" })
+	w.Eventually("webhook flow run done", func() bool { return w.flowRun(hr.ID).State == "succeeded" })
 	require.JSONEq(t, `{"greeting": "hello, Linus"}`, string(w.flowRun(hr.ID).Outputs))
 }

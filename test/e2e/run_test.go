@@ -17,21 +17,11 @@ import (
 
 	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/wire"
+	"github.com/deskrun/deskrun/test/world"
 )
 
-// flowDir writes a desktop flow package into a temp dir.
-func flowDir(t *testing.T, manifest string, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "desktopflow.yaml"), []byte(manifest), 0o644))
-	for name, body := range files {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(body), 0o755))
-	}
-	return dir
-}
-
-func (w *world) runFlow(args ...string) (wire.Run, string, error) {
-	out, err := w.try(append([]string{"desktopflow", "run"}, append(args, "--json")...)...)
+func (w *e2eWorld) runFlow(args ...string) (wire.Run, string, error) {
+	out, err := w.Try(append([]string{"desktopflow", "run"}, append(args, "--json")...)...)
 	var r wire.Run
 	if i := strings.Index(out, "{"); i >= 0 {
 		_ = json.Unmarshal([]byte(out[i:]), &r)
@@ -39,14 +29,14 @@ func (w *world) runFlow(args ...string) (wire.Run, string, error) {
 	return r, out, err
 }
 
-func (w *world) runShow(id string) wire.Run {
+func (w *e2eWorld) runShow(id string) wire.Run {
 	var r wire.Run
-	require.NoError(w.t, json.Unmarshal([]byte(w.run("run", "show", id, "--json")), &r))
+	require.NoError(w.T, json.Unmarshal([]byte(w.Run("run", "show", id, "--json")), &r))
 	return r
 }
 
-func (w *world) runLogs(id string) string {
-	return w.run("run", "logs", id)
+func (w *e2eWorld) runLogs(id string) string {
+	return w.Run("run", "logs", id)
 }
 
 func pidAlive(pid int) bool {
@@ -67,7 +57,7 @@ func TestDesktopFlowRuns(t *testing.T) {
 	u, err := user.Lookup(ok)
 	require.NoError(t, err)
 
-	probe := flowDir(t, `name: probe
+	probe := world.FlowDir(t, `name: probe
 description: prints who it runs as
 inputs:
   - name: greeting
@@ -91,8 +81,8 @@ echo "inputs=$(cat "$DESKRUN_INPUTS")"
 env | grep -c '^DESKRUN_E2E_CANARY' || true
 printf '{"uid": %s, "greeting": "%s"}' "$(id -u)" "$DESKRUN_INPUT_GREETING" > "$DESKRUN_OUTPUT"
 `})
-	w.env = append(w.env, "DESKRUN_E2E_CANARY=leak")
-	w.run("desktopflow", "push", probe)
+	w.Env = append(w.Env, "DESKRUN_E2E_CANARY=leak")
+	w.Run("desktopflow", "push", probe)
 
 	t.Run("runs as the connection's user", func(t *testing.T) {
 		r, out, err := w.runFlow("probe", "--connection", "robot", "--input", "greeting=hello", "--wait", "60s")
@@ -118,14 +108,14 @@ printf '{"uid": %s, "greeting": "%s"}' "$(id -u)" "$DESKRUN_INPUT_GREETING" > "$
 	})
 
 	t.Run("follow the output", func(t *testing.T) {
-		out := w.run("desktopflow", "run", "probe", "--connection", "robot", "--input", "greeting=followed", "--follow")
+		out := w.Run("desktopflow", "run", "probe", "--connection", "robot", "--input", "greeting=followed", "--follow")
 		require.Contains(t, out, "greeting=followed count=2")
 		require.Contains(t, out, "succeeded")
 	})
 
 	t.Run("exclusive sessions", func(t *testing.T) {
-		w.run("machine", "set", "box", "--unattended-sessions", "exclusive")
-		defer w.run("machine", "set", "box", "--unattended-sessions", "shared")
+		w.Run("machine", "set", "box", "--unattended-sessions", "exclusive")
+		defer w.Run("machine", "set", "box", "--unattended-sessions", "shared")
 		uid, gid := mustAtoi(t, u.Uid), mustAtoi(t, u.Gid)
 		other := exec.Command("sleep", "60")
 		other.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
@@ -153,12 +143,12 @@ printf '{"uid": %s, "greeting": "%s"}' "$(id -u)" "$DESKRUN_INPUT_GREETING" > "$
 	})
 
 	t.Run("cancel kills a grandchild", func(t *testing.T) {
-		dir := flowDir(t, "name: sleeper\nrun: ./sleeper.sh\n", map[string]string{"sleeper.sh": "#!/bin/sh\nsleep 300 &\necho \"grandchild=$!\"\nwait\n"})
-		w.run("desktopflow", "push", dir)
+		dir := world.FlowDir(t, "name: sleeper\nrun: ./sleeper.sh\n", map[string]string{"sleeper.sh": "#!/bin/sh\nsleep 300 &\necho \"grandchild=$!\"\nwait\n"})
+		w.Run("desktopflow", "push", dir)
 		r, out, err := w.runFlow("sleeper", "--connection", "robot")
 		require.NoError(t, err, out)
 		var pid int
-		w.eventually("grandchild started", func() bool {
+		w.Eventually("grandchild started", func() bool {
 			logs := w.runLogs(r.ID)
 			if i := strings.Index(logs, "grandchild="); i >= 0 {
 				pid, _ = strconv.Atoi(strings.TrimSpace(strings.SplitN(logs[i+11:], "\n", 2)[0]))
@@ -166,14 +156,14 @@ printf '{"uid": %s, "greeting": "%s"}' "$(id -u)" "$DESKRUN_INPUT_GREETING" > "$
 			return pid > 0
 		})
 		require.True(t, pidAlive(pid))
-		w.run("run", "cancel", r.ID)
-		w.eventually("run cancelled", func() bool { return w.runShow(r.ID).State == "cancelled" })
-		w.eventually("grandchild killed", func() bool { return !pidAlive(pid) })
+		w.Run("run", "cancel", r.ID)
+		w.Eventually("run cancelled", func() bool { return w.runShow(r.ID).State == "cancelled" })
+		w.Eventually("grandchild killed", func() bool { return !pidAlive(pid) })
 	})
 
 	t.Run("timeout", func(t *testing.T) {
-		dir := flowDir(t, "name: slow\nrun: sleep 30\ntimeout: 1s\n", nil)
-		w.run("desktopflow", "push", dir)
+		dir := world.FlowDir(t, "name: slow\nrun: sleep 30\ntimeout: 1s\n", nil)
+		w.Run("desktopflow", "push", dir)
 		r, _, err := w.runFlow("slow", "--connection", "robot", "--wait", "60s")
 		require.Error(t, err)
 		require.Equal(t, "timed-out", r.State)
@@ -181,8 +171,8 @@ printf '{"uid": %s, "greeting": "%s"}' "$(id -u)" "$DESKRUN_INPUT_GREETING" > "$
 	})
 
 	t.Run("failure with a screenshot", func(t *testing.T) {
-		dir := flowDir(t, "name: gui\ndesktop: true\nrun: ./gui.sh\n", map[string]string{"gui.sh": "#!/bin/sh\nxsetroot -solid '#336699'\nxmessage -geometry +50+50 'deskrun e2e' &\nsleep 1\necho 'about to fail' >&2\nexit 3\n"})
-		w.run("desktopflow", "push", dir)
+		dir := world.FlowDir(t, "name: gui\ndesktop: true\nrun: ./gui.sh\n", map[string]string{"gui.sh": "#!/bin/sh\nxsetroot -solid '#336699'\nxmessage -geometry +50+50 'deskrun e2e' &\nsleep 1\necho 'about to fail' >&2\nexit 3\n"})
+		w.Run("desktopflow", "push", dir)
 		r, _, err := w.runFlow("gui", "--connection", "robot", "--wait", "60s")
 		require.Error(t, err)
 		require.Equal(t, "failed", r.State)
@@ -191,7 +181,7 @@ printf '{"uid": %s, "greeting": "%s"}' "$(id -u)" "$DESKRUN_INPUT_GREETING" > "$
 		require.Equal(t, 3, *r.ExitCode)
 		require.True(t, r.HasScreenshot)
 		file := filepath.Join(t.TempDir(), "shot.png")
-		w.run("run", "show", r.ID, "--screenshot", file)
+		w.Run("run", "show", r.ID, "--screenshot", file)
 		b, err := os.ReadFile(file)
 		require.NoError(t, err)
 		img, err := png.Decode(bytes.NewReader(b))
@@ -201,23 +191,23 @@ printf '{"uid": %s, "greeting": "%s"}' "$(id -u)" "$DESKRUN_INPUT_GREETING" > "$
 	})
 
 	t.Run("output validation", func(t *testing.T) {
-		dir := flowDir(t, "name: badout\noutputs:\n  - name: n\n    type: number\nrun: ./o.sh\n", map[string]string{"o.sh": "#!/bin/sh\necho 'n=not-a-number' > \"$DESKRUN_OUTPUT\"\n"})
-		w.run("desktopflow", "push", dir)
+		dir := world.FlowDir(t, "name: badout\noutputs:\n  - name: n\n    type: number\nrun: ./o.sh\n", map[string]string{"o.sh": "#!/bin/sh\necho 'n=not-a-number' > \"$DESKRUN_OUTPUT\"\n"})
+		w.Run("desktopflow", "push", dir)
 		r, _, err := w.runFlow("badout", "--connection", "robot", "--wait", "60s")
 		require.Error(t, err)
 		require.Equal(t, deskrun.CodeDesktopFlowOutputInvalid, r.Error.Code)
 	})
 
 	t.Run("no candidate machine", func(t *testing.T) {
-		w.kill(w.agent)
-		w.eventually("machine offline", func() bool { return w.machine("box").State == "offline" })
+		w.Kill(w.Agent)
+		w.Eventually("machine offline", func() bool { return w.machine("box").State == "offline" })
 		r, out, err := w.runFlow("probe", "--connection", "robot", "--input", "greeting=late", "--wait", "30s")
 		require.Error(t, err, out)
 		require.Equal(t, "failed", r.State)
 		require.Equal(t, deskrun.CodeNoCandidateMachine, r.Error.Code)
 		require.Contains(t, r.Error.Message, "offline")
-		w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
-		w.eventually("machine online", func() bool { return w.machine("box").State == "online" })
+		w.Agent = w.Start("agent", "run", "--state-dir", w.AgentDir)
+		w.Eventually("machine online", func() bool { return w.machine("box").State == "online" })
 	})
 
 	t.Run("a broken connection fails runs at once", func(t *testing.T) {
@@ -251,17 +241,17 @@ func TestRunDurability(t *testing.T) {
 	w := connWorld(t)
 	out, err := w.create("robot", fixturePrefix+"ok", fixturePW)
 	require.NoError(t, err, out)
-	dir := flowDir(t, "name: steady\noutputs:\n  - name: done\n    type: boolean\nrun: ./steady.sh\n", map[string]string{"steady.sh": `#!/bin/sh
+	dir := world.FlowDir(t, "name: steady\noutputs:\n  - name: done\n    type: boolean\nrun: ./steady.sh\n", map[string]string{"steady.sh": `#!/bin/sh
 sleep 300 &
 echo "grandchild=$!"
 for i in 1 2 3 4 5 6; do echo "tick $i"; sleep 0.3; done
 kill $!
 echo '{"done": true}' > "$DESKRUN_OUTPUT"
 `})
-	w.run("desktopflow", "push", dir)
+	w.Run("desktopflow", "push", dir)
 	grandchild := func(id string) int {
 		var pid int
-		w.eventually("grandchild started", func() bool {
+		w.Eventually("grandchild started", func() bool {
 			logs := w.runLogs(id)
 			if i := strings.Index(logs, "grandchild="); i >= 0 {
 				pid, _ = strconv.Atoi(strings.TrimSpace(strings.SplitN(logs[i+11:], "\n", 2)[0]))
@@ -275,17 +265,17 @@ echo '{"done": true}' > "$DESKRUN_OUTPUT"
 		r, out, err := w.runFlow("steady", "--connection", "robot")
 		require.NoError(t, err, out)
 		grandchild(r.ID)
-		w.kill(w.server)
-		w.startServer()
-		w.eventually("run succeeded", func() bool { return w.runShow(r.ID).State == "succeeded" })
+		w.Kill(w.Server)
+		w.StartServer()
+		w.Eventually("run succeeded", func() bool { return w.runShow(r.ID).State == "succeeded" })
 		done := w.runShow(r.ID)
 		require.JSONEq(t, `{"done": true}`, string(done.Outputs))
 		logs := w.runLogs(r.ID)
 		require.Equal(t, 1, strings.Count(logs, "tick 6"), "output recorded more than once, or lost: %s", logs)
 		// Another reconnect changes nothing: the result was recorded once.
-		w.kill(w.agent)
-		w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
-		w.eventually("machine online", func() bool { return w.machine("box").State == "online" })
+		w.Kill(w.Agent)
+		w.Agent = w.Start("agent", "run", "--state-dir", w.AgentDir)
+		w.Eventually("machine online", func() bool { return w.machine("box").State == "online" })
 		again := w.runShow(r.ID)
 		require.Equal(t, done.FinishedAt, again.FinishedAt)
 		require.Equal(t, done.UpdatedAt, again.UpdatedAt)
@@ -296,11 +286,11 @@ echo '{"done": true}' > "$DESKRUN_OUTPUT"
 		require.NoError(t, err, out)
 		pid := grandchild(r.ID)
 		require.True(t, pidAlive(pid))
-		w.kill(w.agent)
+		w.Kill(w.Agent)
 		// The flow's processes die with the agent, before any restart.
-		w.eventually("the flow's processes died with the agent", func() bool { return !pidAlive(pid) })
-		w.agent = w.start("agent", "run", "--state-dir", w.agentDir)
-		w.eventually("run ended", func() bool { return deskrun.RunState(w.runShow(r.ID).State).Terminal() })
+		w.Eventually("the flow's processes died with the agent", func() bool { return !pidAlive(pid) })
+		w.Agent = w.Start("agent", "run", "--state-dir", w.AgentDir)
+		w.Eventually("run ended", func() bool { return deskrun.RunState(w.runShow(r.ID).State).Terminal() })
 		got := w.runShow(r.ID)
 		require.Equal(t, "failed", got.State)
 		require.Equal(t, deskrun.CodeAgentLost, got.Error.Code)
