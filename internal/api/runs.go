@@ -24,10 +24,17 @@ func (a *API) runRoutes() {
 	a.route("GET /api/v1/agent/packages/{digest}", "", a.agentPackage)
 }
 
+// runOut converts one run. Only a finished run can have a screenshot (the
+// agent sends it with the result), so a queued or running run, which a
+// ?wait= or a poll reads over and over, never loads one. Control has no
+// cheaper check yet: a finished run's PNG is read to learn that it exists.
+// A list leaves HasScreenshot out.
 func (a *API) runOut(r *http.Request, run *deskrun.Run) wire.Run {
 	out := wire.RunFrom(run)
-	if _, err := a.svc.RunScreenshot(r.Context(), run.ID); err == nil {
-		out.HasScreenshot = true
+	if run.State.Terminal() {
+		if _, err := a.svc.RunScreenshot(r.Context(), run.ID); err == nil {
+			out.HasScreenshot = true
+		}
 	}
 	return out
 }
@@ -114,6 +121,10 @@ func (a *API) runScreenshot(w http.ResponseWriter, r *http.Request) error {
 	return err
 }
 
+func logLine(c deskrun.LogChunk) wire.RunLogLine {
+	return wire.RunLogLine{Seq: c.Seq, Stream: c.Stream, Data: string(c.Data), At: c.At}
+}
+
 // runLogs returns a run's output after ?after=SEQ. With ?follow=1 it
 // streams newline-delimited JSON chunks (wire.RunLogLine) as they arrive,
 // until the run ends and its output is drained.
@@ -138,7 +149,7 @@ func (a *API) runLogs(w http.ResponseWriter, r *http.Request) error {
 		}
 		out := wire.RunLog{Chunks: make([]wire.RunLogLine, 0, len(chunks)), Next: after}
 		for _, c := range chunks {
-			out.Chunks = append(out.Chunks, wire.RunLogLine{Seq: c.Seq, Stream: c.Stream, Data: string(c.Data), At: c.At})
+			out.Chunks = append(out.Chunks, logLine(c))
 			out.Next = c.Seq
 		}
 		out.Done = run.State.Terminal() && len(chunks) < 1000
@@ -157,7 +168,7 @@ func (a *API) runLogs(w http.ResponseWriter, r *http.Request) error {
 			return nil // headers are sent: end the stream
 		}
 		for _, c := range chunks {
-			_ = enc.Encode(wire.RunLogLine{Seq: c.Seq, Stream: c.Stream, Data: string(c.Data), At: c.At})
+			_ = enc.Encode(logLine(c))
 			after = c.Seq
 		}
 		if flusher != nil {
@@ -172,7 +183,7 @@ func (a *API) runLogs(w http.ResponseWriter, r *http.Request) error {
 			// One more read: chunks stored between the read and the state.
 			if more, err := a.svc.RunLog(r.Context(), run.ID, after, 1000); err == nil {
 				for _, c := range more {
-					_ = enc.Encode(wire.RunLogLine{Seq: c.Seq, Stream: c.Stream, Data: string(c.Data), At: c.At})
+					_ = enc.Encode(logLine(c))
 				}
 			}
 			return nil
