@@ -9,10 +9,11 @@ import (
 	"github.com/deskrun/deskrun/internal/wire"
 )
 
-// connectionOut converts a connection, naming its machine.
+// connectionOut converts one connection, naming its machine. A list
+// names them from one read of the machines (listConnections).
 func (a *API) connectionOut(ctx context.Context, c *deskrun.Connection) wire.Connection {
 	name := ""
-	if m, err := a.svc.Store.GetMachine(ctx, c.Target); err == nil {
+	if m, err := a.svc.Machine(ctx, c.Target); err == nil {
 		name = m.Name
 	}
 	return wire.ConnectionFrom(c, name)
@@ -36,9 +37,17 @@ func (a *API) listConnections(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	ms, err := a.svc.Machines(r.Context())
+	if err != nil {
+		return err
+	}
+	machineName := make(map[string]string, len(ms))
+	for _, m := range ms {
+		machineName[m.ID] = m.Name
+	}
 	out := wire.ConnectionList{Connections: make([]wire.Connection, 0, len(cs))}
 	for _, c := range cs {
-		out.Connections = append(out.Connections, a.connectionOut(r.Context(), c))
+		out.Connections = append(out.Connections, wire.ConnectionFrom(c, machineName[c.Target]))
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
