@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/api"
 	"github.com/deskrun/deskrun/internal/flow"
 	"github.com/deskrun/deskrun/internal/store"
 )
@@ -137,7 +138,7 @@ func (c *Console) startFlowRun(w http.ResponseWriter, r *req) error {
 			return err
 		}
 		d.Error, d.Form = de, form
-		return c.page(w, statusOf(de.Code), "cloudflow.html", c.view(r, "Cloud flow "+d.Version.Name, "cloudflows", d))
+		return c.page(w, api.StatusOf(de.Code), "cloudflow.html", c.view(r, "Cloud flow "+d.Version.Name, "cloudflows", d))
 	}
 	http.Redirect(w, r.Request, "/flowruns/"+run.ID, http.StatusSeeOther)
 	return nil

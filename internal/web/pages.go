@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/api"
 	"github.com/deskrun/deskrun/internal/desktopflow"
 	"github.com/deskrun/deskrun/internal/identity"
 	"github.com/deskrun/deskrun/internal/store"
@@ -218,7 +219,7 @@ func connOutcome(action string, cn *deskrun.Connection, out *wire.ValidateOutput
 func (c *Console) showResult(w http.ResponseWriter, r *req, page string, res *connResult) error {
 	status := http.StatusOK
 	if res.Error != nil {
-		status = statusOf(res.Error.Code)
+		status = api.StatusOf(res.Error.Code)
 	}
 	d, err := c.connectionsData(r.Context())
 	if err != nil {
@@ -421,7 +422,7 @@ func (c *Console) startRun(w http.ResponseWriter, r *req) error {
 			return err
 		}
 		d.Error = de
-		return c.page(w, statusOf(de.Code), "flow.html", c.view(r, "Desktop flow "+d.Flow.Name, "flows", d))
+		return c.page(w, api.StatusOf(de.Code), "flow.html", c.view(r, "Desktop flow "+d.Flow.Name, "flows", d))
 	}
 	http.Redirect(w, r.Request, "/runs/"+run.ID, http.StatusSeeOther)
 	return nil

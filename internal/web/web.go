@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/deskrun/deskrun"
+	"github.com/deskrun/deskrun/internal/api"
 	"github.com/deskrun/deskrun/internal/control"
 )
 
@@ -254,7 +255,7 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, rq *req, err erro
 		c.log.Error("console internal error", "method", r.Method, "path", r.URL.Path, "err", err)
 		de = &deskrun.Error{Code: deskrun.CodeInternal, Message: "internal error; the server's log has the details"}
 	}
-	status := statusOf(de.Code)
+	status := api.StatusOf(de.Code)
 	if r.Header.Get("HX-Request") == "true" {
 		if rerr := c.render(w, status, "error.html", "error-box", de); rerr != nil {
 			c.log.Error("render error", "err", rerr)
@@ -264,30 +265,6 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, rq *req, err erro
 	if rerr := c.page(w, status, "error.html", c.view(rq, "Error", "", de)); rerr != nil {
 		c.log.Error("render error", "err", rerr)
 	}
-}
-
-// statusOf is the HTTP status of a page that shows an error code. The API
-// has the full table (api.StatusOf); a page needs only the classes.
-func statusOf(code string) int {
-	switch code {
-	case deskrun.CodeInvalid, deskrun.CodeDesktopFlowInputInvalid, deskrun.CodeFlowInputInvalid:
-		return http.StatusBadRequest
-	case deskrun.CodeUnauthorized:
-		return http.StatusUnauthorized
-	case deskrun.CodeForbidden:
-		return http.StatusForbidden
-	case deskrun.CodeNotFound:
-		return http.StatusNotFound
-	case deskrun.CodeConflict, deskrun.CodeMachineOffline, deskrun.CodeConnectionBroken:
-		return http.StatusConflict
-	case deskrun.CodeWindowsIdentityIncorrect, deskrun.CodeSealedCredentialInvalid:
-		return http.StatusUnprocessableEntity
-	case deskrun.CodeConnectionTestTimeout:
-		return http.StatusGatewayTimeout
-	case deskrun.CodeInternal:
-		return http.StatusInternalServerError
-	}
-	return http.StatusBadRequest
 }
 
 var funcs = template.FuncMap{
