@@ -677,15 +677,13 @@ func (a *Agent) fetchPackage(ctx context.Context, digest string) ([]byte, error)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		var env struct {
-			Error *deskrun.Error `json:"error"`
-		}
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		if json.Unmarshal(b, &env) == nil && env.Error != nil && env.Error.Code != "" {
-			return nil, env.Error
+		e := wire.DecodeError(resp.StatusCode, "GET package "+digest, b)
+		if e.Code == deskrun.CodeInternal {
+			// Not an envelope (a proxy's answer): worth another try later.
+			e.Code, e.Retryable = deskrun.CodeUnavailable, resp.StatusCode >= 500
 		}
-		return nil, &deskrun.Error{Code: deskrun.CodeUnavailable, Retryable: resp.StatusCode >= 500,
-			Message: fmt.Sprintf("downloading the flow's package answered %s", resp.Status)}
+		return nil, e
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, desktopflow.MaxPackageBytes+1))
 	if err != nil {

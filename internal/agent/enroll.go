@@ -86,7 +86,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*wire.Machine, error) {
 	defer resp.Body.Close()
 	rb, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusCreated {
-		return nil, envelopeError(resp.StatusCode, rb)
+		return nil, wire.DecodeError(resp.StatusCode, "POST "+tok.URL+"/api/v1/agent/enroll", rb)
 	}
 	var out wire.EnrollResponse
 	if err := json.Unmarshal(rb, &out); err != nil {
@@ -103,15 +103,6 @@ func untrusted(u string) error {
 	return &deskrun.Error{Code: deskrun.CodeServerCertificateUntrusted,
 		Message:    "the server at " + u + " did not present a certificate signed by the CA pinned in the token; the agent refuses to talk to it",
 		Resolution: "Check that the token's URL reaches your deskrun server (not a proxy that terminates TLS), or create a new token on the right server."}
-}
-
-// envelopeError rebuilds a *deskrun.Error from an error response.
-func envelopeError(status int, body []byte) error {
-	var env wire.ErrorEnvelope
-	if json.Unmarshal(body, &env) == nil && env.Error != nil && env.Error.Code != "" {
-		return env.Error
-	}
-	return &deskrun.Error{Code: deskrun.CodeInternal, Message: fmt.Sprintf("server answered HTTP %d", status)}
 }
 
 func pemCert(der []byte) []byte {

@@ -353,8 +353,11 @@ func (a *app) printJob(j *wire.Job, asJSON bool) error {
 	if j.Error != nil {
 		fmt.Fprint(a.io.Out, FormatError(j.Error))
 	}
-	if j.State == string(deskrun.JobFailed) {
-		return &deskrun.Error{Code: j.Error.Code, Message: "the job failed"}
+	if j.State == string(deskrun.JobFailed) || j.State == string(deskrun.JobCancelled) {
+		if j.Error != nil {
+			return &silentError{j.Error} // printed above
+		}
+		return &deskrun.Error{Code: deskrun.CodeInternal, Message: "the job " + j.State + " without an error"}
 	}
 	return nil
 }

@@ -153,11 +153,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		var env wire.ErrorEnvelope
-		if json.Unmarshal(b, &env) == nil && env.Error != nil && env.Error.Code != "" {
-			return env.Error
-		}
-		return &deskrun.Error{Code: deskrun.CodeInternal, Message: fmt.Sprintf("HTTP %d from %s %s", resp.StatusCode, method, path)}
+		return wire.DecodeError(resp.StatusCode, method+" "+path, b)
 	}
 	if out != nil && len(b) > 0 {
 		if err := json.Unmarshal(b, out); err != nil {
@@ -337,11 +333,7 @@ func (c *Client) Stream(ctx context.Context, path string) (io.ReadCloser, error)
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		var env wire.ErrorEnvelope
-		if json.Unmarshal(b, &env) == nil && env.Error != nil && env.Error.Code != "" {
-			return nil, env.Error
-		}
-		return nil, &deskrun.Error{Code: deskrun.CodeInternal, Message: fmt.Sprintf("HTTP %d from GET %s", resp.StatusCode, path)}
+		return nil, wire.DecodeError(resp.StatusCode, "GET "+path, b)
 	}
 	return resp.Body, nil
 }
@@ -369,11 +361,7 @@ func (c *Client) PushDesktopFlow(ctx context.Context, archive []byte) (flow *wir
 		return nil, false, err
 	}
 	if resp.StatusCode >= 300 {
-		var env wire.ErrorEnvelope
-		if json.Unmarshal(b, &env) == nil && env.Error != nil && env.Error.Code != "" {
-			return nil, false, env.Error
-		}
-		return nil, false, &deskrun.Error{Code: deskrun.CodeInternal, Message: fmt.Sprintf("HTTP %d from POST /api/v1/desktopflows", resp.StatusCode)}
+		return nil, false, wire.DecodeError(resp.StatusCode, "POST /api/v1/desktopflows", b)
 	}
 	var out wire.DesktopFlow
 	if err := json.Unmarshal(b, &out); err != nil {

@@ -99,6 +99,9 @@ func (s *Service) reconcileRuns(ctx context.Context) error {
 		case err != nil:
 			return err
 		case j.State.Terminal():
+			s.sched.mu.Lock()
+			s.sched.jobRuns[j.ID] = r.ID
+			s.sched.mu.Unlock()
 			s.JobFinished(ctx, j.ID, j.State, j.Result, j.Error)
 		default:
 			s.sched.mu.Lock()
@@ -358,9 +361,22 @@ func (s *Service) failRun(ctx context.Context, r *deskrun.Run, e *deskrun.Error)
 	s.wakeRun(r.ID)
 }
 
-// runForJob finds the run a job carries.
+// runForJob finds the run a job carries. The scheduler records every job it
+// pushes, and at start every job of a run in flight, so a job it does not
+// know carries no run: the jobs of connection tests and no-ops cost no
+// store read here.
 func (s *Service) runForJob(ctx context.Context, jobID string) (*deskrun.Run, error) {
-	return s.Store.GetRunByJob(ctx, jobID)
+	s.sched.mu.Lock()
+	runID, ok := s.sched.jobRuns[jobID]
+	started := s.sched.started
+	s.sched.mu.Unlock()
+	switch {
+	case !started:
+		return s.Store.GetRunByJob(ctx, jobID)
+	case !ok:
+		return nil, &deskrun.Error{Code: deskrun.CodeNotFound, Message: "job " + jobID + " carries no run"}
+	}
+	return s.Store.GetRun(ctx, runID)
 }
 
 // AgentConnected is the hub's event: a machine may take runs again.
@@ -398,18 +414,10 @@ func (s *Service) JobProgress(ctx context.Context, jobID, msg string) {
 func (s *Service) JobLog(ctx context.Context, c *wire.LogChunk) {
 	s.sched.mu.Lock()
 	runID, ok := s.sched.jobRuns[c.ID]
-	s.sched.mu.Unlock()
 	if !ok {
-		r, err := s.runForJob(ctx, c.ID)
-		if err != nil {
-			return
-		}
-		runID = r.ID
-		s.sched.mu.Lock()
-		s.sched.jobRuns[c.ID] = runID
 		s.sched.mu.Unlock()
+		return // not a run's job
 	}
-	s.sched.mu.Lock()
 	used := s.sched.logBytes[runID]
 	s.sched.logBytes[runID] = used + int64(len(c.Data))
 	s.sched.mu.Unlock()

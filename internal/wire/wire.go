@@ -6,6 +6,7 @@ package wire
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/deskrun/deskrun"
@@ -14,6 +15,17 @@ import (
 // ErrorEnvelope is the body of every failed API request.
 type ErrorEnvelope struct {
 	Error *deskrun.Error `json:"error"`
+}
+
+// DecodeError rebuilds the typed error of a failed request from its body;
+// a body that is not an envelope (a proxy's page, say) becomes an
+// InternalError that names the status and the request.
+func DecodeError(status int, request string, body []byte) *deskrun.Error {
+	var env ErrorEnvelope
+	if json.Unmarshal(body, &env) == nil && env.Error != nil && env.Error.Code != "" {
+		return env.Error
+	}
+	return &deskrun.Error{Code: deskrun.CodeInternal, Message: fmt.Sprintf("HTTP %d from %s", status, request)}
 }
 
 // Machine is a machine as the API shows it.
