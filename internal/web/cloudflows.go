@@ -69,18 +69,19 @@ type cloudFlowData struct {
 
 func (c *Console) cloudFlowData(ctx context.Context, name string, version int) (cloudFlowData, error) {
 	var d cloudFlowData
-	latest, err := c.svc.Store.GetFlowVersion(ctx, name, 0)
-	if err != nil {
-		return d, err
+	// Flow fails with the version when only its definition no longer
+	// parses: the page shows that version and the error.
+	latest, def, derr := c.svc.Flow(ctx, name, 0)
+	if latest == nil {
+		return d, derr
 	}
 	d.Latest = latest.Version
 	fv := latest
 	if version > 0 && version != latest.Version {
-		if fv, err = c.svc.Store.GetFlowVersion(ctx, name, version); err != nil {
-			return d, err
+		if fv, def, derr = c.svc.Flow(ctx, name, version); fv == nil {
+			return d, derr
 		}
 	}
-	_, def, derr := c.svc.Flow(ctx, fv.Name, fv.Version)
 	d.cloudFlow = c.cloudFlow(fv, def, derr)
 	for v := latest.Version; v >= 1 && len(d.Versions) < maxVersionsShown; v-- {
 		if v == latest.Version {
@@ -95,6 +96,7 @@ func (c *Console) cloudFlowData(ctx context.Context, name string, version int) (
 		}
 		d.Versions = append(d.Versions, old)
 	}
+	var err error
 	d.Runs, err = c.svc.ListFlowRuns(ctx, store.FlowRunFilter{Flow: name, Limit: 20})
 	return d, err
 }
@@ -197,12 +199,10 @@ func (c *Console) flowRunData(ctx context.Context, id string) (flowRunData, erro
 		seen[s.StepID] = true
 	}
 	if !run.State.Terminal() {
-		if fv, err := c.svc.Store.GetFlowVersion(ctx, run.Flow, run.Version); err == nil {
-			if _, def, err := c.svc.Flow(ctx, fv.Name, fv.Version); err == nil {
-				for _, s := range def.Steps {
-					if !seen[s.ID] {
-						d.Pending = append(d.Pending, s.ID)
-					}
+		if _, def, err := c.svc.Flow(ctx, run.Flow, run.Version); err == nil {
+			for _, s := range def.Steps {
+				if !seen[s.ID] {
+					d.Pending = append(d.Pending, s.ID)
 				}
 			}
 		}

@@ -24,23 +24,29 @@ type names struct {
 	Connections map[string]string
 }
 
+// names reads the machines and connections to name them. A page that has
+// read either list already names them with namesOf instead.
 func (c *Console) names(ctx context.Context) (names, error) {
-	n := names{Machines: map[string]string{}, Connections: map[string]string{}}
 	ms, err := c.svc.Machines(ctx)
 	if err != nil {
-		return n, err
-	}
-	for _, m := range ms {
-		n.Machines[m.ID] = m.Name
+		return names{}, err
 	}
 	cs, err := c.svc.Connections(ctx)
 	if err != nil {
-		return n, err
+		return names{}, err
+	}
+	return namesOf(ms, cs), nil
+}
+
+func namesOf(ms []*deskrun.Machine, cs []*deskrun.Connection) names {
+	n := names{Machines: make(map[string]string, len(ms)), Connections: make(map[string]string, len(cs))}
+	for _, m := range ms {
+		n.Machines[m.ID] = m.Name
 	}
 	for _, cn := range cs {
 		n.Connections[cn.ID] = cn.Name
 	}
-	return n, nil
+	return n
 }
 
 func (n names) Machine(id string) string {
@@ -110,9 +116,7 @@ func (c *Console) overview(w http.ResponseWriter, r *req) error {
 	if d.Failed, err = c.svc.ListRuns(ctx, store.RunFilter{States: []deskrun.RunState{deskrun.RunFailed, deskrun.RunTimedOut}, Limit: 10}); err != nil {
 		return err
 	}
-	if d.Names, err = c.names(ctx); err != nil {
-		return err
-	}
+	d.Names = namesOf(ms, cs)
 	return c.page(w, http.StatusOK, "overview.html", c.view(r, "Overview", "overview", d))
 }
 
@@ -154,9 +158,11 @@ func (c *Console) machine(w http.ResponseWriter, r *req) error {
 	if d.Runs, err = c.svc.ListRuns(ctx, store.RunFilter{MachineID: m.ID, Limit: 20}); err != nil {
 		return err
 	}
-	if d.Names, err = c.names(ctx); err != nil {
+	ms, err := c.svc.Machines(ctx)
+	if err != nil {
 		return err
 	}
+	d.Names = namesOf(ms, cs)
 	return c.page(w, http.StatusOK, "machine.html", c.view(r, "Machine "+m.Name, "machines", d))
 }
 
@@ -188,8 +194,8 @@ func (c *Console) connectionsData(ctx context.Context) (connectionsData, error) 
 	if d.Machines, err = c.svc.Machines(ctx); err != nil {
 		return d, err
 	}
-	d.Names, err = c.names(ctx)
-	return d, err
+	d.Names = namesOf(d.Machines, d.Connections)
+	return d, nil
 }
 
 func (c *Console) connections(w http.ResponseWriter, r *req) error {
@@ -221,12 +227,7 @@ func (c *Console) showResult(w http.ResponseWriter, r *req, page string, res *co
 	if res.Error != nil {
 		status = api.StatusOf(res.Error.Code)
 	}
-	d, err := c.connectionsData(r.Context())
-	if err != nil {
-		return err
-	}
-	d.Result = res
-	v := c.view(r, "Connections", "connections", d)
+	var v view
 	if page == "connection.html" {
 		cd, err := c.connectionData(r.Context(), res.Connection.Name)
 		if err != nil {
@@ -234,11 +235,26 @@ func (c *Console) showResult(w http.ResponseWriter, r *req, page string, res *co
 		}
 		cd.Result = res
 		v = c.view(r, "Connection "+res.Connection.Name, "connections", cd)
+	} else {
+		d, err := c.connectionsData(r.Context())
+		if err != nil {
+			return err
+		}
+		d.Result = res
+		v = c.view(r, "Connections", "connections", d)
 	}
 	if r.Header.Get("HX-Request") == "true" {
 		return c.render(w, status, page, "conn-response", v)
 	}
 	return c.page(w, status, page, v)
+}
+
+// connFormPage is the page an update or test form was posted from.
+func connFormPage(r *req) string {
+	if r.PostFormValue("from") == "connection" {
+		return "connection.html"
+	}
+	return "connections.html"
 }
 
 func (c *Console) createConnection(w http.ResponseWriter, r *req) error {
@@ -274,7 +290,7 @@ func (c *Console) connectionData(ctx context.Context, name string) (connectionDa
 		return d, err
 	}
 	d.Connection = cn
-	if m, err := c.svc.Store.GetMachine(ctx, cn.Target); err == nil {
+	if m, err := c.svc.Machine(ctx, cn.Target); err == nil {
 		d.Machine = m
 	}
 	d.Runs, err = c.svc.ListRuns(ctx, store.RunFilter{ConnectionID: cn.ID, Limit: 10})
@@ -306,11 +322,7 @@ func (c *Console) updateConnection(w http.ResponseWriter, r *req) error {
 	if err != nil {
 		return err
 	}
-	page := "connections.html"
-	if r.PostFormValue("from") == "connection" {
-		page = "connection.html"
-	}
-	return c.showResult(w, r, page, res)
+	return c.showResult(w, r, connFormPage(r), res)
 }
 
 func (c *Console) testConnection(w http.ResponseWriter, r *req) error {
@@ -327,11 +339,7 @@ func (c *Console) testConnection(w http.ResponseWriter, r *req) error {
 	if err != nil {
 		return err
 	}
-	page := "connections.html"
-	if r.PostFormValue("from") == "connection" {
-		page = "connection.html"
-	}
-	return c.showResult(w, r, page, res)
+	return c.showResult(w, r, connFormPage(r), res)
 }
 
 // --- Desktop flows ---
@@ -385,8 +393,12 @@ func (c *Console) flowData(ctx context.Context, name string, version int) (flowD
 	if d.Runs, err = c.svc.ListRuns(ctx, store.RunFilter{Flow: name, Limit: 10}); err != nil {
 		return d, err
 	}
-	d.Names, err = c.names(ctx)
-	return d, err
+	ms, err := c.svc.Machines(ctx)
+	if err != nil {
+		return d, err
+	}
+	d.Names = namesOf(ms, d.Connections)
+	return d, nil
 }
 
 func (c *Console) desktopFlow(w http.ResponseWriter, r *req) error {
@@ -472,9 +484,11 @@ func (c *Console) runs(w http.ResponseWriter, r *req) error {
 	if d.Machines, err = c.svc.Machines(ctx); err != nil {
 		return err
 	}
-	if d.Names, err = c.names(ctx); err != nil {
+	cs, err := c.svc.Connections(ctx)
+	if err != nil {
 		return err
 	}
+	d.Names = namesOf(d.Machines, cs)
 	return c.page(w, http.StatusOK, "runs.html", c.view(r, "Runs", "runs", d))
 }
 
@@ -508,8 +522,12 @@ func (c *Console) runData(ctx context.Context, id string, withLog bool) (runData
 	}
 	_ = json.Unmarshal(run.Outputs, &d.Outputs)
 	_ = json.Unmarshal(run.Inputs, &d.Inputs)
-	if _, err := c.svc.RunScreenshot(ctx, run.ID); err == nil {
-		d.HasScreenshot = true
+	// Only a finished run can have a screenshot: the summary, reloaded at
+	// each change of a running run, does not read one (see api's runOut).
+	if run.State.Terminal() {
+		if _, err := c.svc.RunScreenshot(ctx, run.ID); err == nil {
+			d.HasScreenshot = true
+		}
 	}
 	var timings map[string]int64
 	_ = json.Unmarshal(run.Timings, &timings)
