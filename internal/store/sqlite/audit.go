@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"strings"
 
 	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/store"
@@ -25,47 +24,23 @@ func (q *queries) AppendAudit(ctx context.Context, e *deskrun.AuditEvent) error 
 // ListAudit returns events newest first (by id); ConnectionID and Action
 // filter when not empty; a Limit of 0 or less means DefaultJobLimit.
 func (q *queries) ListAudit(ctx context.Context, f store.AuditFilter) ([]*deskrun.AuditEvent, error) {
-	s := subject{op: "list audit events"}
-	var (
-		where []string
-		args  []any
-	)
-	if f.ConnectionID != "" {
-		where = append(where, "connection_id = ?")
-		args = append(args, f.ConnectionID)
-	}
-	if f.Action != "" {
-		where = append(where, "action = ?")
-		args = append(args, f.Action)
-	}
-	query := `SELECT ` + auditColumns + ` FROM audit`
-	if len(where) > 0 {
-		query += ` WHERE ` + strings.Join(where, " AND ")
-	}
-	limit := f.Limit
-	if limit <= 0 {
-		limit = store.DefaultJobLimit
-	}
-	query += ` ORDER BY id DESC LIMIT ?`
-	args = append(args, limit)
+	var w filter
+	w.eq("connection_id", f.ConnectionID)
+	w.eq("action", f.Action)
+	query, args := w.query(`SELECT `+auditColumns+` FROM audit`, `id DESC`, f.Limit)
+	es, err := queryAll(ctx, q.r, scanAudit, query, args...)
+	return es, interpretError(err, subject{op: "list audit events"})
+}
 
-	rows, err := q.r.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, interpretError(err, s)
+func scanAudit(s scanner) (*deskrun.AuditEvent, error) {
+	var (
+		e  deskrun.AuditEvent
+		at int64
+	)
+	if err := s.Scan(&e.ID, &at, &e.Actor, &e.Action, &e.ConnectionID, &e.ConnectionName,
+		&e.MachineID, &e.Result, &e.Reason, &e.Detail); err != nil {
+		return nil, err
 	}
-	defer rows.Close()
-	var es []*deskrun.AuditEvent
-	for rows.Next() {
-		var (
-			e  deskrun.AuditEvent
-			at int64
-		)
-		if err := rows.Scan(&e.ID, &at, &e.Actor, &e.Action, &e.ConnectionID, &e.ConnectionName,
-			&e.MachineID, &e.Result, &e.Reason, &e.Detail); err != nil {
-			return nil, interpretError(err, s)
-		}
-		e.At = fromNanos(at)
-		es = append(es, &e)
-	}
-	return es, interpretError(rows.Err(), s)
+	e.At = fromNanos(at)
+	return &e, nil
 }

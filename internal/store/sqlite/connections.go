@@ -3,7 +3,6 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -51,11 +50,8 @@ func (q *queries) queryConnections(ctx context.Context, where string, args ...an
 		if n := len(cs); n == 0 || cs[n-1].ID != c.ID {
 			c.RunMode = deskrun.RunMode(runMode)
 			c.State = deskrun.ConnectionState(state)
-			if lastError.String != "" {
-				c.LastError = new(deskrun.Error)
-				if err := json.Unmarshal([]byte(lastError.String), c.LastError); err != nil {
-					return nil, fmt.Errorf("decode last error of connection %s: %w", c.ID, err)
-				}
+			if c.LastError, err = decodeError(lastError); err != nil {
+				return nil, fmt.Errorf("decode last error of connection %s: %w", c.ID, err)
 			}
 			c.StateChangedAt = fromNanos(stateChanged)
 			c.LastTestedAt = fromNanos(lastTested)
@@ -74,18 +70,6 @@ func (q *queries) queryConnections(ctx context.Context, where string, args ...an
 		}
 	}
 	return cs, rows.Err()
-}
-
-// errorJSON encodes a connection's last error; nil is NULL.
-func errorJSON(e *deskrun.Error) (any, error) {
-	if e == nil {
-		return nil, nil
-	}
-	b, err := json.Marshal(e)
-	if err != nil {
-		return nil, fmt.Errorf("encode error: %w", err)
-	}
-	return string(b), nil
 }
 
 // checkCredentials refuses what the table would refuse less clearly: two

@@ -24,23 +24,6 @@ func scanDesktopFlow(s scanner) (*deskrun.DesktopFlow, error) {
 	return &f, nil
 }
 
-func (q *queries) queryDesktopFlows(ctx context.Context, query string, args ...any) ([]*deskrun.DesktopFlow, error) {
-	rows, err := q.r.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var fs []*deskrun.DesktopFlow
-	for rows.Next() {
-		f, err := scanDesktopFlow(rows)
-		if err != nil {
-			return nil, err
-		}
-		fs = append(fs, f)
-	}
-	return fs, rows.Err()
-}
-
 // CreateDesktopFlowVersion stores the package (once per digest) and the
 // next version of the flow, in one transaction, so two pushes of one flow
 // cannot take the same version number.
@@ -106,7 +89,7 @@ func (q *queries) GetDesktopFlow(ctx context.Context, name string, version int) 
 
 // ListDesktopFlows returns the latest version of each flow, by name.
 func (q *queries) ListDesktopFlows(ctx context.Context) ([]*deskrun.DesktopFlow, error) {
-	fs, err := q.queryDesktopFlows(ctx, `SELECT `+desktopFlowColumns+` FROM desktop_flows d
+	fs, err := queryAll(ctx, q.r, scanDesktopFlow, `SELECT `+desktopFlowColumns+` FROM desktop_flows d
 		WHERE version = (SELECT MAX(version) FROM desktop_flows WHERE name = d.name) ORDER BY name`)
 	if err != nil {
 		return nil, interpretError(err, subject{op: "list desktop flows"})
@@ -116,7 +99,7 @@ func (q *queries) ListDesktopFlows(ctx context.Context) ([]*deskrun.DesktopFlow,
 
 // ListDesktopFlowVersions returns a flow's versions, newest first.
 func (q *queries) ListDesktopFlowVersions(ctx context.Context, name string) ([]*deskrun.DesktopFlow, error) {
-	fs, err := q.queryDesktopFlows(ctx, `SELECT `+desktopFlowColumns+` FROM desktop_flows
+	fs, err := queryAll(ctx, q.r, scanDesktopFlow, `SELECT `+desktopFlowColumns+` FROM desktop_flows
 		WHERE name = ? ORDER BY version DESC`, name)
 	if err == nil && len(fs) == 0 {
 		err = sql.ErrNoRows

@@ -3,7 +3,6 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -71,21 +70,9 @@ func (q *queries) GetFlowVersion(ctx context.Context, name string, version int) 
 }
 
 func (q *queries) ListFlows(ctx context.Context) ([]*deskrun.FlowVersion, error) {
-	rows, err := q.r.QueryContext(ctx, `SELECT `+flowColumns+` FROM flows f
+	fs, err := queryAll(ctx, q.r, scanFlow, `SELECT `+flowColumns+` FROM flows f
 		WHERE version = (SELECT MAX(version) FROM flows g WHERE g.name = f.name) ORDER BY name`)
-	if err != nil {
-		return nil, interpretError(err, subject{op: "list flows"})
-	}
-	defer rows.Close()
-	var out []*deskrun.FlowVersion
-	for rows.Next() {
-		f, err := scanFlow(rows)
-		if err != nil {
-			return nil, interpretError(err, subject{op: "list flows"})
-		}
-		out = append(out, f)
-	}
-	return out, interpretError(rows.Err(), subject{op: "list flows"})
+	return fs, interpretError(err, subject{op: "list flows"})
 }
 
 func (q *queries) DeleteFlow(ctx context.Context, name string) error {
@@ -114,11 +101,9 @@ func scanFlowRun(s scanner) (*deskrun.FlowRun, error) {
 	}
 	r.Trigger, r.Inputs, r.Outputs = rawJSON(trigger), rawJSON(inputs), rawJSON(outputs)
 	r.State = deskrun.FlowRunState(state)
-	if runErr.String != "" {
-		r.Error = new(deskrun.Error)
-		if err := json.Unmarshal([]byte(runErr.String), r.Error); err != nil {
-			return nil, fmt.Errorf("decode error of flow run %s: %w", r.ID, err)
-		}
+	var err error
+	if r.Error, err = decodeError(runErr); err != nil {
+		return nil, fmt.Errorf("decode error of flow run %s: %w", r.ID, err)
 	}
 	r.CreatedAt, r.StartedAt, r.FinishedAt, r.UpdatedAt = fromNanos(created), fromNanos(started), fromNanos(fin), fromNanos(upd)
 	return &r, nil
@@ -148,42 +133,16 @@ func (q *queries) GetFlowRun(ctx context.Context, id string) (*deskrun.FlowRun, 
 }
 
 func (q *queries) ListFlowRuns(ctx context.Context, f store.FlowRunFilter) ([]*deskrun.FlowRun, error) {
-	var where []string
-	var args []any
-	if len(f.States) > 0 {
-		where = append(where, "state IN (?"+strings.Repeat(", ?", len(f.States)-1)+")")
-		for _, st := range f.States {
-			args = append(args, string(st))
-		}
-	}
-	if f.Flow != "" {
-		where = append(where, "flow = ?")
-		args = append(args, f.Flow)
-	}
-	query := `SELECT ` + flowRunColumns + ` FROM flow_runs`
-	if len(where) > 0 {
-		query += ` WHERE ` + strings.Join(where, " AND ")
-	}
+	var w filter
+	in(&w, "state", f.States)
+	w.eq("flow", f.Flow)
+	order := `id DESC`
 	if f.Oldest {
-		query += ` ORDER BY id ASC LIMIT ?`
-	} else {
-		query += ` ORDER BY id DESC LIMIT ?`
+		order = `id ASC`
 	}
-	s := subject{op: "list flow runs"}
-	rows, err := q.r.QueryContext(ctx, query, append(args, limitOr(f.Limit, store.DefaultJobLimit))...)
-	if err != nil {
-		return nil, interpretError(err, s)
-	}
-	defer rows.Close()
-	var out []*deskrun.FlowRun
-	for rows.Next() {
-		r, err := scanFlowRun(rows)
-		if err != nil {
-			return nil, interpretError(err, s)
-		}
-		out = append(out, r)
-	}
-	return out, interpretError(rows.Err(), s)
+	query, args := w.query(`SELECT `+flowRunColumns+` FROM flow_runs`, order, f.Limit)
+	rs, err := queryAll(ctx, q.r, scanFlowRun, query, args...)
+	return rs, interpretError(err, subject{op: "list flow runs"})
 }
 
 func (q *queries) UpdateFlowRun(ctx context.Context, r *deskrun.FlowRun) (bool, error) {
@@ -195,16 +154,7 @@ func (q *queries) UpdateFlowRun(ctx context.Context, r *deskrun.FlowRun) (bool, 
 	res, err := q.w.ExecContext(ctx, `UPDATE flow_runs SET state = ?, outputs = ?, error = ?, started_at = ?, finished_at = ?, updated_at = ?
 		WHERE id = ? AND state NOT IN ('succeeded', 'failed', 'cancelled')`,
 		string(r.State), text(r.Outputs), runErr, nanos(r.StartedAt), nanos(r.FinishedAt), nanos(r.UpdatedAt), r.ID)
-	if err != nil {
-		return false, interpretError(err, s)
-	}
-	if n, _ := res.RowsAffected(); n == 1 {
-		return true, nil
-	}
-	if _, err := q.GetFlowRun(ctx, r.ID); err != nil {
-		return false, err
-	}
-	return false, nil
+	return q.changedLive(ctx, "flow_runs", res, err, s)
 }
 
 const flowStepColumns = `run_id, step_id, attempt, kind, state, outputs, error, desktop_run_id, started_at, finished_at`
@@ -253,32 +203,26 @@ func (q *queries) FinishFlowStep(ctx context.Context, st *deskrun.FlowStep) (boo
 }
 
 func (q *queries) ListFlowSteps(ctx context.Context, runID string) ([]*deskrun.FlowStep, error) {
-	s := subject{op: "list flow steps"}
-	rows, err := q.r.QueryContext(ctx, `SELECT `+flowStepColumns+` FROM flow_steps WHERE run_id = ? ORDER BY started_at, step_id, attempt`, runID)
-	if err != nil {
-		return nil, interpretError(err, s)
+	sts, err := queryAll(ctx, q.r, scanFlowStep, `SELECT `+flowStepColumns+` FROM flow_steps
+		WHERE run_id = ? ORDER BY started_at, step_id, attempt`, runID)
+	return sts, interpretError(err, subject{op: "list flow steps"})
+}
+
+func scanFlowStep(s scanner) (*deskrun.FlowStep, error) {
+	var st deskrun.FlowStep
+	var state string
+	var outputs, stErr sql.NullString
+	var started, fin int64
+	if err := s.Scan(&st.RunID, &st.StepID, &st.Attempt, &st.Kind, &state, &outputs, &stErr, &st.DesktopRunID, &started, &fin); err != nil {
+		return nil, err
 	}
-	defer rows.Close()
-	var out []*deskrun.FlowStep
-	for rows.Next() {
-		var st deskrun.FlowStep
-		var state string
-		var outputs, stErr sql.NullString
-		var started, fin int64
-		if err := rows.Scan(&st.RunID, &st.StepID, &st.Attempt, &st.Kind, &state, &outputs, &stErr, &st.DesktopRunID, &started, &fin); err != nil {
-			return nil, interpretError(err, s)
-		}
-		st.State, st.Outputs = deskrun.FlowStepState(state), rawJSON(outputs)
-		if stErr.String != "" {
-			st.Error = new(deskrun.Error)
-			if err := json.Unmarshal([]byte(stErr.String), st.Error); err != nil {
-				return nil, fmt.Errorf("decode error of flow step: %w", err)
-			}
-		}
-		st.StartedAt, st.FinishedAt = fromNanos(started), fromNanos(fin)
-		out = append(out, &st)
+	st.State, st.Outputs = deskrun.FlowStepState(state), rawJSON(outputs)
+	var err error
+	if st.Error, err = decodeError(stErr); err != nil {
+		return nil, fmt.Errorf("decode error of flow step: %w", err)
 	}
-	return out, interpretError(rows.Err(), s)
+	st.StartedAt, st.FinishedAt = fromNanos(started), fromNanos(fin)
+	return &st, nil
 }
 
 func (q *queries) ClaimScheduleTick(ctx context.Context, flow string, tick time.Time, runID string) (bool, error) {
@@ -340,22 +284,14 @@ func (q *queries) GetSecret(ctx context.Context, name string) ([]byte, error) {
 }
 
 func (q *queries) ListSecrets(ctx context.Context) ([]deskrun.Secret, error) {
-	rows, err := q.r.QueryContext(ctx, `SELECT name, updated_at FROM secrets ORDER BY name`)
-	if err != nil {
-		return nil, interpretError(err, subject{op: "list secrets"})
-	}
-	defer rows.Close()
-	var out []deskrun.Secret
-	for rows.Next() {
+	ss, err := queryAll(ctx, q.r, func(r scanner) (deskrun.Secret, error) {
 		var s deskrun.Secret
 		var at int64
-		if err := rows.Scan(&s.Name, &at); err != nil {
-			return nil, interpretError(err, subject{op: "list secrets"})
-		}
+		err := r.Scan(&s.Name, &at)
 		s.UpdatedAt = fromNanos(at)
-		out = append(out, s)
-	}
-	return out, interpretError(rows.Err(), subject{op: "list secrets"})
+		return s, err
+	}, `SELECT name, updated_at FROM secrets ORDER BY name`)
+	return ss, interpretError(err, subject{op: "list secrets"})
 }
 
 func (q *queries) DeleteSecret(ctx context.Context, name string) error {

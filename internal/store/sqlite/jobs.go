@@ -3,9 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/deskrun/deskrun"
@@ -33,17 +31,9 @@ func scanJob(s scanner) (*deskrun.Job, error) {
 		return nil, err
 	}
 	j.State = deskrun.JobState(state)
-	if payload.String != "" {
-		j.Payload = json.RawMessage(payload.String)
-	}
-	if result.String != "" {
-		j.Result = json.RawMessage(result.String)
-	}
-	if jobErr.String != "" {
-		j.Error = new(deskrun.Error)
-		if err := json.Unmarshal([]byte(jobErr.String), j.Error); err != nil {
-			return nil, fmt.Errorf("decode error of job %s: %w", j.ID, err)
-		}
+	j.Payload, j.Result = rawJSON(payload), rawJSON(result)
+	if j.Error, err = decodeError(jobErr); err != nil {
+		return nil, fmt.Errorf("decode error of job %s: %w", j.ID, err)
 	}
 	j.CreatedAt = fromNanos(createdAt)
 	j.UpdatedAt = fromNanos(updatedAt)
@@ -52,25 +42,13 @@ func scanJob(s scanner) (*deskrun.Job, error) {
 	return &j, nil
 }
 
-// text stores empty JSON as NULL.
-func text(b []byte) any {
-	if len(b) == 0 {
-		return nil
-	}
-	return string(b)
-}
-
 func (q *queries) CreateJob(ctx context.Context, j *deskrun.Job) error {
 	s := subject{op: "create job", kind: "job", id: j.ID, ref: fmt.Sprintf("machine %q", j.MachineID)}
-	var jobErr any
-	if j.Error != nil {
-		b, err := json.Marshal(j.Error)
-		if err != nil {
-			return fmt.Errorf("create job: encode error: %w", err)
-		}
-		jobErr = string(b)
+	jobErr, err := errorJSON(j.Error)
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.op, err)
 	}
-	_, err := q.w.ExecContext(ctx, `INSERT INTO jobs (`+jobColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = q.w.ExecContext(ctx, `INSERT INTO jobs (`+jobColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		j.ID, j.MachineID, j.Kind, text(j.Payload), string(j.State), text(j.Result), jobErr, j.Progress,
 		nanos(j.CreatedAt), nanos(j.UpdatedAt), nanos(j.LeaseExpires), nanos(j.FinishedAt))
 	return interpretError(err, s)
@@ -85,46 +63,12 @@ func (q *queries) GetJob(ctx context.Context, id string) (*deskrun.Job, error) {
 }
 
 func (q *queries) ListJobs(ctx context.Context, f store.JobFilter) ([]*deskrun.Job, error) {
-	s := subject{op: "list jobs"}
-	var (
-		where []string
-		args  []any
-	)
-	if f.MachineID != "" {
-		where = append(where, "machine_id = ?")
-		args = append(args, f.MachineID)
-	}
-	if len(f.States) > 0 {
-		where = append(where, "state IN (?"+strings.Repeat(", ?", len(f.States)-1)+")")
-		for _, st := range f.States {
-			args = append(args, string(st))
-		}
-	}
-	query := `SELECT ` + jobColumns + ` FROM jobs`
-	if len(where) > 0 {
-		query += ` WHERE ` + strings.Join(where, " AND ")
-	}
-	limit := f.Limit
-	if limit <= 0 {
-		limit = store.DefaultJobLimit
-	}
-	query += ` ORDER BY id DESC LIMIT ?`
-	args = append(args, limit)
-
-	rows, err := q.r.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, interpretError(err, s)
-	}
-	defer rows.Close()
-	var js []*deskrun.Job
-	for rows.Next() {
-		j, err := scanJob(rows)
-		if err != nil {
-			return nil, interpretError(err, s)
-		}
-		js = append(js, j)
-	}
-	return js, interpretError(rows.Err(), s)
+	var w filter
+	w.eq("machine_id", f.MachineID)
+	in(&w, "state", f.States)
+	query, args := w.query(`SELECT `+jobColumns+` FROM jobs`, `id DESC`, f.Limit)
+	js, err := queryAll(ctx, q.r, scanJob, query, args...)
+	return js, interpretError(err, subject{op: "list jobs"})
 }
 
 func (q *queries) UpdateJobState(ctx context.Context, id string, state deskrun.JobState, leaseExpires, at time.Time) (bool, error) {
@@ -133,13 +77,13 @@ func (q *queries) UpdateJobState(ctx context.Context, id string, state deskrun.J
 	}
 	res, err := q.w.ExecContext(ctx, `UPDATE jobs SET state = ?, lease_expires = ?, updated_at = ?
 		WHERE id = ? AND `+notTerminal, string(state), nanos(leaseExpires), nanos(at), id)
-	return q.changedLiveJob(ctx, res, err, subject{op: "update job state", kind: "job", id: id})
+	return q.changedLive(ctx, "jobs", res, err, subject{op: "update job state", kind: "job", id: id})
 }
 
 func (q *queries) SetJobProgress(ctx context.Context, id, progress string, at time.Time) error {
 	res, err := q.w.ExecContext(ctx, `UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND `+notTerminal,
 		progress, nanos(at), id)
-	_, err = q.changedLiveJob(ctx, res, err, subject{op: "set job progress", kind: "job", id: id})
+	_, err = q.changedLive(ctx, "jobs", res, err, subject{op: "set job progress", kind: "job", id: id})
 	return err
 }
 
@@ -149,24 +93,20 @@ func (q *queries) FinishJob(ctx context.Context, id string, state deskrun.JobSta
 	if !state.Terminal() {
 		return false, deskrun.Errorf(deskrun.CodeInvalid, "job %q: %s is not a terminal state", id, state)
 	}
-	var errJSON any
-	if jobErr != nil {
-		b, err := json.Marshal(jobErr)
-		if err != nil {
-			return false, fmt.Errorf("finish job: encode error: %w", err)
-		}
-		errJSON = string(b)
+	errJSON, err := errorJSON(jobErr)
+	if err != nil {
+		return false, fmt.Errorf("finish job: %w", err)
 	}
 	res, err := q.w.ExecContext(ctx, `UPDATE jobs SET state = ?, result = ?, error = ?, lease_expires = 0,
 		updated_at = ?, finished_at = ? WHERE id = ? AND `+notTerminal,
 		string(state), text(result), errJSON, nanos(at), nanos(at), id)
-	return q.changedLiveJob(ctx, res, err, subject{op: "finish job", kind: "job", id: id})
+	return q.changedLive(ctx, "jobs", res, err, subject{op: "finish job", kind: "job", id: id})
 }
 
-// changedLiveJob reports whether a conditional update of a live job
-// changed it; when it did not, the job is either terminal (false, nil) or
-// missing (CodeNotFound).
-func (q *queries) changedLiveJob(ctx context.Context, res sql.Result, err error, s subject) (bool, error) {
+// changedLive reports whether a conditional update of a live job or run
+// (row s.id of table) changed it; when it did not, the row is either
+// terminal (false, nil) or missing (CodeNotFound).
+func (q *queries) changedLive(ctx context.Context, table string, res sql.Result, err error, s subject) (bool, error) {
 	if err != nil {
 		return false, interpretError(err, s)
 	}
@@ -178,7 +118,7 @@ func (q *queries) changedLiveJob(ctx context.Context, res sql.Result, err error,
 		return true, nil
 	}
 	var one int
-	err = q.w.QueryRowContext(ctx, `SELECT 1 FROM jobs WHERE id = ?`, s.id).Scan(&one)
+	err = q.w.QueryRowContext(ctx, `SELECT 1 FROM `+table+` WHERE id = ?`, s.id).Scan(&one)
 	return false, interpretError(err, s)
 }
 

@@ -106,20 +106,8 @@ func (q *queries) GetMachineByName(ctx context.Context, name string) (*deskrun.M
 
 // ListMachines returns every machine, ordered by name.
 func (q *queries) ListMachines(ctx context.Context) ([]*deskrun.Machine, error) {
-	rows, err := q.r.QueryContext(ctx, `SELECT `+machineColumns+` FROM machines ORDER BY name`)
-	if err != nil {
-		return nil, interpretError(err, subject{op: "list machines"})
-	}
-	defer rows.Close()
-	var ms []*deskrun.Machine
-	for rows.Next() {
-		m, err := scanMachine(rows)
-		if err != nil {
-			return nil, interpretError(err, subject{op: "list machines"})
-		}
-		ms = append(ms, m)
-	}
-	return ms, interpretError(rows.Err(), subject{op: "list machines"})
+	ms, err := queryAll(ctx, q.r, scanMachine, `SELECT `+machineColumns+` FROM machines ORDER BY name`)
+	return ms, interpretError(err, subject{op: "list machines"})
 }
 
 // UpdateMachineInfo stores what the agent reports about itself in its

@@ -3,10 +3,8 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/deskrun/deskrun"
@@ -51,11 +49,8 @@ func scanRun(s scanner) (*deskrun.Run, error) {
 		code := int(exitCode.Int64)
 		r.ExitCode = &code
 	}
-	if runErr.String != "" {
-		r.Error = new(deskrun.Error)
-		if err := json.Unmarshal([]byte(runErr.String), r.Error); err != nil {
-			return nil, fmt.Errorf("decode error of run %s: %w", r.ID, err)
-		}
+	if r.Error, err = decodeError(runErr); err != nil {
+		return nil, fmt.Errorf("decode error of run %s: %w", r.ID, err)
 	}
 	r.CreatedAt = fromNanos(created)
 	r.AssignedAt = fromNanos(assigned)
@@ -65,14 +60,6 @@ func scanRun(s scanner) (*deskrun.Run, error) {
 	r.UpdatedAt = fromNanos(upd)
 	r.QueueDeadline = fromNanos(queueDeadline)
 	return &r, nil
-}
-
-// rawJSON reads a JSON column: NULL (or empty) is nil.
-func rawJSON(s sql.NullString) json.RawMessage {
-	if s.String == "" {
-		return nil
-	}
-	return json.RawMessage(s.String)
 }
 
 // exitCode stores a nil exit code as NULL.
@@ -136,63 +123,24 @@ func (q *queries) GetRunByJob(ctx context.Context, jobID string) (*deskrun.Run, 
 // ListRuns returns runs newest first (by id); every field of f that is
 // not empty filters; a Limit of 0 or less means DefaultJobLimit.
 func (q *queries) ListRuns(ctx context.Context, f store.RunFilter) ([]*deskrun.Run, error) {
-	var (
-		where []string
-		args  []any
-	)
-	if len(f.States) > 0 {
-		where = append(where, "state IN (?"+strings.Repeat(", ?", len(f.States)-1)+")")
-		for _, st := range f.States {
-			args = append(args, string(st))
-		}
-	}
-	for _, c := range []struct{ column, value string }{
-		{"flow", f.Flow}, {"machine_id", f.MachineID}, {"connection_id", f.ConnectionID},
-	} {
-		if c.value != "" {
-			where = append(where, c.column+" = ?")
-			args = append(args, c.value)
-		}
-	}
-	query := `SELECT ` + runColumns + ` FROM runs`
-	if len(where) > 0 {
-		query += ` WHERE ` + strings.Join(where, " AND ")
-	}
-	query += ` ORDER BY id DESC LIMIT ?`
-	return q.queryRuns(ctx, subject{op: "list runs"}, query, append(args, limitOr(f.Limit, store.DefaultJobLimit))...)
+	var w filter
+	in(&w, "state", f.States)
+	w.eq("flow", f.Flow)
+	w.eq("machine_id", f.MachineID)
+	w.eq("connection_id", f.ConnectionID)
+	query, args := w.query(`SELECT `+runColumns+` FROM runs`, `id DESC`, f.Limit)
+	rs, err := queryAll(ctx, q.r, scanRun, query, args...)
+	return rs, interpretError(err, subject{op: "list runs"})
 }
 
 // ListQueuedRuns returns queued runs in placement order: high priority
 // first, then oldest (smallest id) first. A limit of 0 or less means
 // DefaultJobLimit.
 func (q *queries) ListQueuedRuns(ctx context.Context, limit int) ([]*deskrun.Run, error) {
-	return q.queryRuns(ctx, subject{op: "list queued runs"}, `SELECT `+runColumns+` FROM runs WHERE state = ?
+	rs, err := queryAll(ctx, q.r, scanRun, `SELECT `+runColumns+` FROM runs WHERE state = ?
 		ORDER BY (priority = ?) DESC, id ASC LIMIT ?`,
 		string(deskrun.RunQueued), string(deskrun.PriorityHigh), limitOr(limit, store.DefaultJobLimit))
-}
-
-func (q *queries) queryRuns(ctx context.Context, s subject, query string, args ...any) ([]*deskrun.Run, error) {
-	rows, err := q.r.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, interpretError(err, s)
-	}
-	defer rows.Close()
-	var rs []*deskrun.Run
-	for rows.Next() {
-		r, err := scanRun(rows)
-		if err != nil {
-			return nil, interpretError(err, s)
-		}
-		rs = append(rs, r)
-	}
-	return rs, interpretError(rows.Err(), s)
-}
-
-func limitOr(limit, def int) int {
-	if limit <= 0 {
-		return def
-	}
-	return limit
+	return rs, interpretError(err, subject{op: "list queued runs"})
 }
 
 // UpdateRun writes the mutable fields of r in one conditional UPDATE: of
@@ -211,20 +159,7 @@ func (q *queries) UpdateRun(ctx context.Context, r *deskrun.Run) (bool, error) {
 		string(r.State), r.MachineID, r.JobID, r.PlacementReason, text(r.Outputs), exitCode(r.ExitCode), runErr,
 		text(r.Timings), nanos(r.AssignedAt), nanos(r.LogonAt), nanos(r.StartedAt), nanos(r.FinishedAt),
 		nanos(r.UpdatedAt), nanos(r.QueueDeadline), r.ID)
-	if err != nil {
-		return false, interpretError(err, s)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, interpretError(err, s)
-	}
-	if n > 0 {
-		return true, nil
-	}
-	// Terminal (false, nil) or missing (CodeNotFound).
-	var one int
-	err = q.w.QueryRowContext(ctx, `SELECT 1 FROM runs WHERE id = ?`, r.ID).Scan(&one)
-	return false, interpretError(err, s)
+	return q.changedLive(ctx, "runs", res, err, s)
 }
 
 // AppendRunLog stores chunks in one transaction (a savepoint inside the

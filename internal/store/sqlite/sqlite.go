@@ -11,6 +11,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -19,6 +20,7 @@ import (
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
+	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/store"
 )
 
@@ -297,6 +299,47 @@ func nonEmpty(b []byte) []byte {
 		return nil
 	}
 	return b
+}
+
+// text stores empty JSON as NULL.
+func text(b []byte) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return string(b)
+}
+
+// rawJSON reads a JSON column: NULL (or empty) is nil.
+func rawJSON(s sql.NullString) json.RawMessage {
+	if s.String == "" {
+		return nil
+	}
+	return json.RawMessage(s.String)
+}
+
+// errorJSON stores an error as JSON; nil is NULL.
+func errorJSON(e *deskrun.Error) (any, error) {
+	if e == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("encode error: %w", err)
+	}
+	return string(b), nil
+}
+
+// decodeError reads an error column that errorJSON wrote: NULL (or empty)
+// is nil.
+func decodeError(s sql.NullString) (*deskrun.Error, error) {
+	if s.String == "" {
+		return nil, nil
+	}
+	e := new(deskrun.Error)
+	if err := json.Unmarshal([]byte(s.String), e); err != nil {
+		return nil, err
+	}
+	return e, nil
 }
 
 // scanner is a *sql.Row or *sql.Rows.

@@ -50,22 +50,9 @@ func (q *queries) GetToken(ctx context.Context, id string) (*deskrun.Token, erro
 // ListTokens returns the tokens of a kind (every token when kind is
 // empty), oldest first, revoked and expired ones included.
 func (q *queries) ListTokens(ctx context.Context, kind deskrun.TokenKind) ([]*deskrun.Token, error) {
-	s := subject{op: "list tokens"}
-	rows, err := q.r.QueryContext(ctx, `SELECT `+tokenColumns+` FROM tokens
+	ts, err := queryAll(ctx, q.r, scanToken, `SELECT `+tokenColumns+` FROM tokens
 		WHERE ? = '' OR kind = ? ORDER BY created_at, id`, string(kind), string(kind))
-	if err != nil {
-		return nil, interpretError(err, s)
-	}
-	defer rows.Close()
-	var ts []*deskrun.Token
-	for rows.Next() {
-		t, err := scanToken(rows)
-		if err != nil {
-			return nil, interpretError(err, s)
-		}
-		ts = append(ts, t)
-	}
-	return ts, interpretError(rows.Err(), s)
+	return ts, interpretError(err, subject{op: "list tokens"})
 }
 
 func (q *queries) RevokeToken(ctx context.Context, id string, at time.Time) error {

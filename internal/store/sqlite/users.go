@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
 	"time"
 
 	"github.com/deskrun/deskrun"
@@ -38,34 +37,13 @@ func (q *queries) GetUser(ctx context.Context, name string) (*deskrun.User, erro
 }
 
 func (q *queries) ListUsers(ctx context.Context) ([]*deskrun.User, error) {
-	s := subject{op: "list users"}
-	rows, err := q.r.QueryContext(ctx, `SELECT `+userColumns+` FROM users ORDER BY name`)
-	if err != nil {
-		return nil, interpretError(err, s)
-	}
-	defer rows.Close()
-	var us []*deskrun.User
-	for rows.Next() {
-		u, err := scanUser(rows)
-		if err != nil {
-			return nil, interpretError(err, s)
-		}
-		us = append(us, u)
-	}
-	return us, interpretError(rows.Err(), s)
+	us, err := queryAll(ctx, q.r, scanUser, `SELECT `+userColumns+` FROM users ORDER BY name`)
+	return us, interpretError(err, subject{op: "list users"})
 }
 
 func (q *queries) UpdateUser(ctx context.Context, u *deskrun.User) error {
-	s := subject{op: "update user", kind: "user", name: u.Name}
 	res, err := q.w.ExecContext(ctx, `UPDATE users SET password_hash = ?, role = ? WHERE name = ?`, u.PasswordHash, string(u.Role), u.Name)
-	if err != nil {
-		return interpretError(err, s)
-	}
-	n, err := res.RowsAffected()
-	if err == nil && n == 0 {
-		err = sql.ErrNoRows
-	}
-	return interpretError(err, s)
+	return mustAffect(res, err, subject{op: "update user", kind: "user", name: u.Name})
 }
 
 const sessionColumns = `id_hash, actor, role, csrf, created_at, expires_at`
