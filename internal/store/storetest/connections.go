@@ -436,28 +436,14 @@ var auditTests = map[string]func(t *testing.T, s store.Store){
 		require.Equal(t, []*deskrun.AuditEvent{e}, got, "refused events are not logged")
 	},
 	"DefaultLimit": func(t *testing.T, s store.Store) {
-		ctx := t.Context()
 		var q auditSeq
-		var newest string
-		require.NoError(t, s.InTx(ctx, func(tx store.Tx) error {
-			for range store.DefaultJobLimit + 5 {
-				e := q.event(deskrun.AuditCredentialUnseal, "c_1")
-				if err := tx.AppendAudit(ctx, e); err != nil {
-					return err
-				}
-				newest = e.ID
-			}
-			return nil
-		}))
-		for _, limit := range []int{0, -1} {
-			got, err := s.ListAudit(ctx, store.AuditFilter{Limit: limit})
-			require.NoError(t, err)
-			require.Len(t, got, store.DefaultJobLimit)
-			require.Equal(t, newest, got[0].ID)
-		}
-		got, err := s.ListAudit(ctx, store.AuditFilter{Limit: store.DefaultJobLimit + 10})
-		require.NoError(t, err)
-		require.Len(t, got, store.DefaultJobLimit+5)
+		requireDefaultLimit(t, s, func(tx store.Tx) (string, error) {
+			e := q.event(deskrun.AuditCredentialUnseal, "c_1")
+			return e.ID, tx.AppendAudit(t.Context(), e)
+		}, func(limit int) ([]string, error) {
+			es, err := s.ListAudit(t.Context(), store.AuditFilter{Limit: limit})
+			return auditIDs(es), err
+		})
 	},
 	"OutlivesTheConnection": func(t *testing.T, s store.Store) {
 		ctx := t.Context()

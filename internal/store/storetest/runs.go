@@ -343,28 +343,14 @@ var runTests = map[string]func(t *testing.T, s store.Store){
 		require.Equal(t, []*deskrun.Run{b1}, got, "listed runs are complete")
 	},
 	"ListRunsDefaultLimit": func(t *testing.T, s store.Store) {
-		ctx := t.Context()
 		var q runSeq
-		var newest string
-		require.NoError(t, s.InTx(ctx, func(tx store.Tx) error {
-			for range store.DefaultJobLimit + 5 {
-				r := q.run("a", "c_1", deskrun.PriorityNormal)
-				if err := tx.CreateRun(ctx, r); err != nil {
-					return err
-				}
-				newest = r.ID
-			}
-			return nil
-		}))
-		for _, limit := range []int{0, -1} {
-			got, err := s.ListRuns(ctx, store.RunFilter{Limit: limit})
-			require.NoError(t, err)
-			require.Len(t, got, store.DefaultJobLimit)
-			require.Equal(t, newest, got[0].ID)
-		}
-		got, err := s.ListRuns(ctx, store.RunFilter{Limit: store.DefaultJobLimit + 10})
-		require.NoError(t, err)
-		require.Len(t, got, store.DefaultJobLimit+5)
+		requireDefaultLimit(t, s, func(tx store.Tx) (string, error) {
+			r := q.run("a", "c_1", deskrun.PriorityNormal)
+			return r.ID, tx.CreateRun(t.Context(), r)
+		}, func(limit int) ([]string, error) {
+			rs, err := s.ListRuns(t.Context(), store.RunFilter{Limit: limit})
+			return runIDs(rs), err
+		})
 	},
 	"OutliveConnectionAndMachine": func(t *testing.T, s store.Store) {
 		ctx := t.Context()

@@ -96,6 +96,15 @@ func createMachine(t *testing.T, s store.Tx, name string) *deskrun.Machine {
 	return m
 }
 
+// createMachineWithID is createMachine with a given id.
+func createMachineWithID(t *testing.T, s store.Tx, id, name string) *deskrun.Machine {
+	t.Helper()
+	m := newMachine(name)
+	m.ID = id
+	require.NoError(t, s.CreateMachine(t.Context(), m))
+	return m
+}
+
 // seq makes job ids and creation times one millisecond apart, so that id
 // order is creation order whatever NewID's random bits.
 type seq struct{ n int }
@@ -128,6 +137,34 @@ func ids[T any](xs []*T, id func(*T) string) []string {
 }
 
 func jobIDs(js []*deskrun.Job) []string { return ids(js, func(j *deskrun.Job) string { return j.ID }) }
+
+// requireDefaultLimit creates store.DefaultJobLimit+5 rows in one
+// transaction with create, which returns the new row's id, and checks that
+// list (the ids, newest first) returns the newest store.DefaultJobLimit for
+// a limit of 0 or less and every row for a larger limit.
+func requireDefaultLimit(t *testing.T, s store.Store, create func(tx store.Tx) (string, error), list func(limit int) ([]string, error)) {
+	t.Helper()
+	var newest string
+	require.NoError(t, s.InTx(t.Context(), func(tx store.Tx) error {
+		for range store.DefaultJobLimit + 5 {
+			id, err := create(tx)
+			if err != nil {
+				return err
+			}
+			newest = id
+		}
+		return nil
+	}))
+	for _, limit := range []int{0, -1} {
+		got, err := list(limit)
+		require.NoError(t, err)
+		require.Len(t, got, store.DefaultJobLimit)
+		require.Equal(t, newest, got[0])
+	}
+	got, err := list(store.DefaultJobLimit + 10)
+	require.NoError(t, err)
+	require.Len(t, got, store.DefaultJobLimit+5)
+}
 
 var storeTests = map[string]func(t *testing.T, s store.Store){
 	"Ping": func(t *testing.T, s store.Store) {
@@ -328,9 +365,7 @@ var machineTests = map[string]func(t *testing.T, s store.Store){
 	"MarkAllMachinesOffline": func(t *testing.T, s store.Store) {
 		ctx := t.Context()
 		on1 := createMachine(t, s, "on-1")
-		on2 := newMachine("on-2")
-		on2.ID = "m_on2"
-		require.NoError(t, s.CreateMachine(ctx, on2))
+		on2 := createMachineWithID(t, s, "m_on2", "on-2")
 		off := newMachine("off")
 		off.ID, off.State, off.LastSeen, off.OfflineReason = "m_off", deskrun.MachineOffline, at(-time.Hour), "agent stopped"
 		require.NoError(t, s.CreateMachine(ctx, off))
@@ -354,9 +389,7 @@ var machineTests = map[string]func(t *testing.T, s store.Store){
 		ctx := t.Context()
 		var q seq
 		m := createMachine(t, s, "desk-01")
-		other := newMachine("desk-02")
-		other.ID = "m_other"
-		require.NoError(t, s.CreateMachine(ctx, other))
+		other := createMachineWithID(t, s, "m_other", "desk-02")
 		gone := createJob(t, s, q.job(m.ID))
 		kept := createJob(t, s, q.job(other.ID))
 
@@ -615,9 +648,7 @@ var jobTests = map[string]func(t *testing.T, s store.Store){
 		ctx := t.Context()
 		var q seq
 		a := createMachine(t, s, "a")
-		b := newMachine("b")
-		b.ID = "m_b"
-		require.NoError(t, s.CreateMachine(ctx, b))
+		b := createMachineWithID(t, s, "m_b", "b")
 
 		// Oldest first: a1 queued, b1 running, a2 running, a3 succeeded, b2 queued.
 		a1 := createJob(t, s, q.job(a.ID))
@@ -654,29 +685,15 @@ var jobTests = map[string]func(t *testing.T, s store.Store){
 		require.Equal(t, []*deskrun.Job{a3}, got, "listed jobs are complete")
 	},
 	"ListJobsDefaultLimit": func(t *testing.T, s store.Store) {
-		ctx := t.Context()
 		var q seq
 		m := createMachine(t, s, "desk-01")
-		var newest string
-		require.NoError(t, s.InTx(ctx, func(tx store.Tx) error {
-			for range store.DefaultJobLimit + 5 {
-				j := q.job(m.ID)
-				if err := tx.CreateJob(ctx, j); err != nil {
-					return err
-				}
-				newest = j.ID
-			}
-			return nil
-		}))
-		for _, limit := range []int{0, -1} {
-			got, err := s.ListJobs(ctx, store.JobFilter{Limit: limit})
-			require.NoError(t, err)
-			require.Len(t, got, store.DefaultJobLimit)
-			require.Equal(t, newest, got[0].ID)
-		}
-		got, err := s.ListJobs(ctx, store.JobFilter{Limit: store.DefaultJobLimit + 10})
-		require.NoError(t, err)
-		require.Len(t, got, store.DefaultJobLimit+5)
+		requireDefaultLimit(t, s, func(tx store.Tx) (string, error) {
+			j := q.job(m.ID)
+			return j.ID, tx.CreateJob(t.Context(), j)
+		}, func(limit int) ([]string, error) {
+			js, err := s.ListJobs(t.Context(), store.JobFilter{Limit: limit})
+			return jobIDs(js), err
+		})
 	},
 	"UpdateJobState": func(t *testing.T, s store.Store) {
 		ctx := t.Context()
@@ -812,9 +829,7 @@ var jobTests = map[string]func(t *testing.T, s store.Store){
 		ctx := t.Context()
 		var q seq
 		m := createMachine(t, s, "desk-01")
-		other := newMachine("desk-02")
-		other.ID = "m_other"
-		require.NoError(t, s.CreateMachine(ctx, other))
+		other := createMachineWithID(t, s, "m_other", "desk-02")
 
 		jobs := map[deskrun.JobState]*deskrun.Job{}
 		for _, st := range []deskrun.JobState{deskrun.JobQueued, deskrun.JobPushed, deskrun.JobRunning, deskrun.JobSucceeded} {
