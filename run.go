@@ -69,10 +69,13 @@ type Run struct {
 	// conflict, connection broken); it becomes NoCandidateMachine's reason.
 	PlacementReason string
 	Screenshot      bool // take one even on success
-	Outputs         json.RawMessage
-	ExitCode        *int
-	Error           *Error
-	Timings         json.RawMessage // stage durations from the agent
+	// HasScreenshot says a screenshot is stored (read-only: the store
+	// derives it; SaveRunScreenshot sets it).
+	HasScreenshot bool
+	Outputs       json.RawMessage
+	ExitCode      *int
+	Error         *Error
+	Timings       json.RawMessage // stage durations from the agent
 
 	CreatedAt     time.Time
 	AssignedAt    time.Time

@@ -24,21 +24,6 @@ func (a *API) runRoutes() {
 	a.route("GET /api/v1/agent/packages/{digest}", "", a.agentPackage)
 }
 
-// runOut converts one run. Only a finished run can have a screenshot (the
-// agent sends it with the result), so a queued or running run, which a
-// ?wait= or a poll reads over and over, never loads one. Control has no
-// cheaper check yet: a finished run's PNG is read to learn that it exists.
-// A list leaves HasScreenshot out.
-func (a *API) runOut(r *http.Request, run *deskrun.Run) wire.Run {
-	out := wire.RunFrom(run)
-	if run.State.Terminal() {
-		if _, err := a.svc.RunScreenshot(r.Context(), run.ID); err == nil {
-			out.HasScreenshot = true
-		}
-	}
-	return out
-}
-
 func (a *API) startRun(w http.ResponseWriter, r *http.Request) error {
 	var req wire.RunCreate
 	if err := decode(r, &req); err != nil {
@@ -57,7 +42,7 @@ func (a *API) startRun(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	writeJSON(w, http.StatusCreated, a.runOut(r, run))
+	writeJSON(w, http.StatusCreated, wire.RunFrom(run))
 	return nil
 }
 
@@ -98,7 +83,7 @@ func (a *API) getRun(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, a.runOut(r, run))
+	writeJSON(w, http.StatusOK, wire.RunFrom(run))
 	return nil
 }
 
@@ -107,7 +92,7 @@ func (a *API) cancelRun(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, a.runOut(r, run))
+	writeJSON(w, http.StatusOK, wire.RunFrom(run))
 	return nil
 }
 

@@ -522,13 +522,7 @@ func (c *Console) runData(ctx context.Context, id string, withLog bool) (runData
 	}
 	_ = json.Unmarshal(run.Outputs, &d.Outputs)
 	_ = json.Unmarshal(run.Inputs, &d.Inputs)
-	// Only a finished run can have a screenshot: the summary, reloaded at
-	// each change of a running run, does not read one (see api's runOut).
-	if run.State.Terminal() {
-		if _, err := c.svc.RunScreenshot(ctx, run.ID); err == nil {
-			d.HasScreenshot = true
-		}
-	}
+	d.HasScreenshot = run.HasScreenshot
 	var timings map[string]int64
 	_ = json.Unmarshal(run.Timings, &timings)
 	dur := func(key string) string {

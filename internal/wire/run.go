@@ -137,7 +137,7 @@ func RunFrom(r *deskrun.Run) Run {
 		MachineID: r.MachineID, JobID: r.JobID, Priority: string(r.Priority), Inputs: r.Inputs, State: string(r.State),
 		PlacementReason: r.PlacementReason, Outputs: r.Outputs, ExitCode: r.ExitCode, Error: r.Error, Timings: r.Timings,
 		CreatedAt: r.CreatedAt, AssignedAt: r.AssignedAt, LogonAt: r.LogonAt, StartedAt: r.StartedAt,
-		FinishedAt: r.FinishedAt, UpdatedAt: r.UpdatedAt}
+		FinishedAt: r.FinishedAt, UpdatedAt: r.UpdatedAt, HasScreenshot: r.HasScreenshot}
 }
 
 // RunList is the body of GET /api/v1/runs.

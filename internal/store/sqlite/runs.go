@@ -15,6 +15,11 @@ const runColumns = `id, flow, version, digest, connection_id, machine_id, job_id
 	placement_reason, screenshot_requested, outputs, exit_code, error, timings,
 	created_at, assigned_at, logon_at, started_at, finished_at, updated_at, queue_deadline`
 
+// runSelect reads a run's columns and whether it has a screenshot (the
+// PNG itself stays in run_screenshots until someone asks for it).
+const runSelect = `SELECT ` + runColumns + `,
+	EXISTS (SELECT 1 FROM run_screenshots s WHERE s.run_id = runs.id) FROM runs`
+
 // runNotTerminal is the SQL condition that a run is still live, the
 // counterpart of deskrun.RunState.Terminal. UpdateRun carries it in its
 // WHERE clause, so the check and the write are one statement.
@@ -35,7 +40,7 @@ func scanRun(s scanner) (*deskrun.Run, error) {
 	)
 	err := s.Scan(&r.ID, &r.Flow, &r.Version, &r.Digest, &r.ConnectionID, &r.MachineID, &r.JobID, &priority,
 		&inputs, &state, &r.PlacementReason, &screenshot, &outputs, &exitCode, &runErr, &timings,
-		&created, &assigned, &logon, &started, &fin, &upd, &queueDeadline)
+		&created, &assigned, &logon, &started, &fin, &upd, &queueDeadline, &r.HasScreenshot)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +100,7 @@ func (q *queries) CreateRun(ctx context.Context, r *deskrun.Run) error {
 }
 
 func (q *queries) GetRun(ctx context.Context, id string) (*deskrun.Run, error) {
-	r, err := scanRun(q.r.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE id = ?`, id))
+	r, err := scanRun(q.r.QueryRowContext(ctx, runSelect+` WHERE id = ?`, id))
 	if err != nil {
 		return nil, interpretError(err, subject{op: "get run", kind: "run", id: id})
 	}
@@ -109,7 +114,7 @@ func (q *queries) GetRunByJob(ctx context.Context, jobID string) (*deskrun.Run, 
 	if jobID == "" {
 		return nil, notFound
 	}
-	r, err := scanRun(q.r.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE job_id = ?
+	r, err := scanRun(q.r.QueryRowContext(ctx, runSelect+` WHERE job_id = ?
 		ORDER BY id DESC LIMIT 1`, jobID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, notFound
@@ -128,7 +133,7 @@ func (q *queries) ListRuns(ctx context.Context, f store.RunFilter) ([]*deskrun.R
 	w.eq("flow", f.Flow)
 	w.eq("machine_id", f.MachineID)
 	w.eq("connection_id", f.ConnectionID)
-	query, args := w.query(`SELECT `+runColumns+` FROM runs`, `id DESC`, f.Limit)
+	query, args := w.query(runSelect, `id DESC`, f.Limit)
 	rs, err := queryAll(ctx, q.r, scanRun, query, args...)
 	return rs, interpretError(err, subject{op: "list runs"})
 }
@@ -137,7 +142,7 @@ func (q *queries) ListRuns(ctx context.Context, f store.RunFilter) ([]*deskrun.R
 // first, then oldest (smallest id) first. A limit of 0 or less means
 // DefaultJobLimit.
 func (q *queries) ListQueuedRuns(ctx context.Context, limit int) ([]*deskrun.Run, error) {
-	rs, err := queryAll(ctx, q.r, scanRun, `SELECT `+runColumns+` FROM runs WHERE state = ?
+	rs, err := queryAll(ctx, q.r, scanRun, runSelect+` WHERE state = ?
 		ORDER BY (priority = ?) DESC, id ASC LIMIT ?`,
 		string(deskrun.RunQueued), string(deskrun.PriorityHigh), limitOr(limit, store.DefaultJobLimit))
 	return rs, interpretError(err, subject{op: "list queued runs"})

@@ -362,6 +362,7 @@ var runTests = map[string]func(t *testing.T, s store.Store){
 		createRun(t, s, r)
 		require.NoError(t, s.AppendRunLog(ctx, r.ID, []deskrun.LogChunk{{Seq: 1, Stream: "stdout", Data: []byte("hi"), At: t0}}))
 		require.NoError(t, s.SaveRunScreenshot(ctx, r.ID, []byte("png")))
+		r.HasScreenshot = true // derived by the store from the saved screenshot
 
 		require.NoError(t, s.DeleteConnection(ctx, c.ID))
 		require.NoError(t, s.DeleteMachine(ctx, m.ID))
@@ -387,8 +388,20 @@ var runTests = map[string]func(t *testing.T, s store.Store){
 		requireCode(t, err, deskrun.CodeNotFound)
 		require.ErrorContains(t, err, r.ID)
 
+		got0, err := s.GetRun(ctx, r.ID)
+		require.NoError(t, err)
+		require.False(t, got0.HasScreenshot)
+
 		first := append([]byte("\x89PNG\r\n\x1a\n"), bytes.Repeat([]byte{0, 255}, 1000)...)
 		require.NoError(t, s.SaveRunScreenshot(ctx, r.ID, first))
+		withShot, err := s.GetRun(ctx, r.ID)
+		require.NoError(t, err)
+		require.True(t, withShot.HasScreenshot, "GetRun derives HasScreenshot")
+		listed, err := s.ListRuns(ctx, store.RunFilter{Flow: "invoices"})
+		require.NoError(t, err)
+		for _, lr := range listed {
+			require.Equal(t, lr.ID == r.ID, lr.HasScreenshot, "ListRuns derives HasScreenshot")
+		}
 		got, err := s.GetRunScreenshot(ctx, r.ID)
 		require.NoError(t, err)
 		require.Equal(t, first, got)
