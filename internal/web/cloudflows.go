@@ -155,6 +155,7 @@ type flowStepView struct {
 
 type flowRunData struct {
 	Run      *deskrun.FlowRun
+	Version  string // what the page shows, for the long poll
 	Trigger  map[string]any
 	Kind     string // the trigger's kind
 	Inputs   map[string]any
@@ -184,6 +185,9 @@ func (c *Console) flowRunData(ctx context.Context, id string) (flowRunData, erro
 		return flowRunData{}, err
 	}
 	d := flowRunData{Run: run, Duration: duration(run.StartedAt, run.FinishedAt)}
+	// Version changes whenever what the page shows does: the run's state
+	// and each step's state.
+	d.Version = string(run.State)
 	_ = json.Unmarshal(run.Trigger, &d.Trigger)
 	if k, ok := d.Trigger["kind"].(string); ok {
 		d.Kind = k
@@ -194,6 +198,7 @@ func (c *Console) flowRunData(ctx context.Context, id string) (flowRunData, erro
 	seen := map[string]bool{}
 	for _, s := range steps {
 		v := flowStepView{FlowStep: s, Duration: duration(s.StartedAt, s.FinishedAt)}
+		d.Version += "." + string(s.State)
 		_ = json.Unmarshal(s.Outputs, &v.Outputs)
 		d.Steps = append(d.Steps, v)
 		seen[s.StepID] = true
@@ -220,10 +225,30 @@ func (c *Console) flowRunPage(w http.ResponseWriter, r *req) error {
 
 // flowRunSummary is the fragment the flow run page polls until the run
 // is over.
+// flowRunSummary answers the page's long poll: it returns when the run has
+// changed since the version the page shows (?v=), or after a while, so a
+// running flow's page follows it without polling on a timer.
 func (c *Console) flowRunSummary(w http.ResponseWriter, r *req) error {
-	d, err := c.flowRunData(r.Context(), r.PathValue("run"))
+	id := r.PathValue("run")
+	changed, stop := c.svc.RunChanged(id) // before the read: no change is missed
+	defer stop()
+	d, err := c.flowRunData(r.Context(), id)
 	if err != nil {
 		return err
 	}
+	if v := r.URL.Query().Get("v"); v != "" && v == d.Version && !d.Run.State.Terminal() {
+		select {
+		case <-changed:
+		case <-time.After(flowRunPollWait):
+		case <-r.Context().Done():
+			return nil
+		}
+		if d, err = c.flowRunData(r.Context(), id); err != nil {
+			return err
+		}
+	}
 	return c.render(w, http.StatusOK, "flowrun.html", "flowrun-summary", c.view(r, "", "cloudflows", d))
 }
+
+// flowRunPollWait bounds one long poll of a running flow's page.
+const flowRunPollWait = 25 * time.Second
