@@ -584,6 +584,11 @@ func (s *Service) ListRuns(ctx context.Context, f store.RunFilter) ([]*deskrun.R
 	return s.Store.ListRuns(ctx, f)
 }
 
+// CountRuns counts runs (the overview's queue depth).
+func (s *Service) CountRuns(ctx context.Context, f store.RunFilter) (int, error) {
+	return s.Store.CountRuns(ctx, f)
+}
+
 // RunLog reads a run's output after seq.
 func (s *Service) RunLog(ctx context.Context, id string, after int64, limit int) ([]deskrun.LogChunk, error) {
 	return s.Store.ReadRunLog(ctx, id, after, limit)

@@ -105,6 +105,8 @@ type Tx interface {
 	GetRunByJob(ctx context.Context, jobID string) (*deskrun.Run, error)
 	// ListRuns returns runs newest first, filtered.
 	ListRuns(ctx context.Context, f RunFilter) ([]*deskrun.Run, error)
+	// CountRuns counts the runs the filter selects (Limit is ignored).
+	CountRuns(ctx context.Context, f RunFilter) (int, error)
 	// ListQueuedRuns returns queued runs in placement order: high priority
 	// first, then oldest first.
 	ListQueuedRuns(ctx context.Context, limit int) ([]*deskrun.Run, error)

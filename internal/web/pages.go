@@ -91,16 +91,12 @@ func (c *Console) overview(w http.ResponseWriter, r *req) error {
 			d.Offline++
 		}
 	}
-	queued, err := c.svc.ListRuns(ctx, store.RunFilter{States: []deskrun.RunState{deskrun.RunQueued}, Limit: 100000})
-	if err != nil {
+	if d.Queued, err = c.svc.CountRuns(ctx, store.RunFilter{States: []deskrun.RunState{deskrun.RunQueued}}); err != nil {
 		return err
 	}
-	d.Queued = len(queued)
-	active, err := c.svc.ListRuns(ctx, store.RunFilter{States: []deskrun.RunState{deskrun.RunAssigned, deskrun.RunLoggingOn, deskrun.RunRunning}, Limit: 100000})
-	if err != nil {
+	if d.Running, err = c.svc.CountRuns(ctx, store.RunFilter{States: []deskrun.RunState{deskrun.RunAssigned, deskrun.RunLoggingOn, deskrun.RunRunning}}); err != nil {
 		return err
 	}
-	d.Running = len(active)
 	cs, err := c.svc.Connections(ctx)
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/deskrun/deskrun"
@@ -127,15 +128,31 @@ func (q *queries) GetRunByJob(ctx context.Context, jobID string) (*deskrun.Run, 
 
 // ListRuns returns runs newest first (by id); every field of f that is
 // not empty filters; a Limit of 0 or less means DefaultJobLimit.
-func (q *queries) ListRuns(ctx context.Context, f store.RunFilter) ([]*deskrun.Run, error) {
+func runFilter(f store.RunFilter) *filter {
 	var w filter
 	in(&w, "state", f.States)
 	w.eq("flow", f.Flow)
 	w.eq("machine_id", f.MachineID)
 	w.eq("connection_id", f.ConnectionID)
-	query, args := w.query(runSelect, `id DESC`, f.Limit)
+	return &w
+}
+
+func (q *queries) ListRuns(ctx context.Context, f store.RunFilter) ([]*deskrun.Run, error) {
+	query, args := runFilter(f).query(runSelect, `id DESC`, f.Limit)
 	rs, err := queryAll(ctx, q.r, scanRun, query, args...)
 	return rs, interpretError(err, subject{op: "list runs"})
+}
+
+// CountRuns counts the runs f selects (its Limit is ignored).
+func (q *queries) CountRuns(ctx context.Context, f store.RunFilter) (int, error) {
+	w := runFilter(f)
+	query := `SELECT COUNT(*) FROM runs`
+	if len(w.conds) > 0 {
+		query += ` WHERE ` + strings.Join(w.conds, " AND ")
+	}
+	var n int
+	err := q.r.QueryRowContext(ctx, query, w.args...).Scan(&n)
+	return n, interpretError(err, subject{op: "count runs"})
 }
 
 // ListQueuedRuns returns queued runs in placement order: high priority

@@ -337,7 +337,15 @@ var runTests = map[string]func(t *testing.T, s store.Store){
 			got, err := s.ListRuns(ctx, tc.f)
 			require.NoError(t, err, tc.name)
 			require.Equal(t, runIDs(tc.want), runIDs(got), tc.name)
+			if tc.f.Limit == 0 {
+				n, err := s.CountRuns(ctx, tc.f)
+				require.NoError(t, err, tc.name)
+				require.Equal(t, len(tc.want), n, "CountRuns: "+tc.name)
+			}
 		}
+		n, err := s.CountRuns(ctx, store.RunFilter{Limit: 1})
+		require.NoError(t, err)
+		require.Equal(t, 4, n, "CountRuns ignores Limit")
 		got, err := s.ListRuns(ctx, store.RunFilter{MachineID: "m_1", Flow: "b"})
 		require.NoError(t, err)
 		require.Equal(t, []*deskrun.Run{b1}, got, "listed runs are complete")
