@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/goccy/go-yaml"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -43,7 +42,21 @@ func addServerFlags(fs *pflag.FlagSet, sf *serverFlags, withFile bool) {
 	fs.String("notify-url", "", "webhook for connection.broken / connection.expiring (secret: DESKRUN_NOTIFY_SECRET)")
 	fs.Duration("queue-timeout", d.QueueTimeout, "a run not placed within this fails with NoCandidateMachine")
 	fs.Int64("max-run-log-bytes", d.MaxRunLogBytes, "output stored per run; the rest is dropped with a note")
+	// Mark these flags as server settings: serverConfig applies exactly
+	// the marked flags, whatever else a command defines.
+	keys := map[string]bool{}
+	for _, k := range server.Keys() {
+		keys[strings.ReplaceAll(k, "_", "-")] = true
+	}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if keys[f.Name] {
+			_ = fs.SetAnnotation(f.Name, serverSetting, nil)
+		}
+	})
 }
+
+// serverSetting annotates the flags that set a server.Config field.
+const serverSetting = "deskrun/server-setting"
 
 // serverConfig resolves the configuration of a server command.
 func (a *app) serverConfig(fs *pflag.FlagSet, sf *serverFlags) (server.Config, error) {
@@ -58,17 +71,14 @@ func (a *app) serverConfig(fs *pflag.FlagSet, sf *serverFlags) (server.Config, e
 	}
 	var ferr error
 	fs.Visit(func(f *pflag.Flag) {
-		key := strings.ReplaceAll(f.Name, "-", "_")
-		switch f.Name {
-		case "server-config", "print-config", "name", "json", "no-client-config", "pam-dir", "pam-config-dir", "faillock-dir", "nologin-file":
-			return
+		if _, ok := f.Annotations[serverSetting]; !ok || ferr != nil {
+			return // not a server setting (--name, --json, the PAM flags, …)
 		}
 		val := f.Value.String()
 		if sv, ok := f.Value.(pflag.SliceValue); ok {
-			b, _ := yaml.Marshal(sv.GetSlice())
-			val = string(b)
+			val = strings.Join(sv.GetSlice(), ",")
 		}
-		if err := yaml.Unmarshal(fmt.Appendf(nil, "%s: %s\n", key, yamlScalar(val)), &cfg); err != nil && ferr == nil {
+		if err := cfg.Set(strings.ReplaceAll(f.Name, "-", "_"), val); err != nil {
 			ferr = usagef("--%s: %v", f.Name, err)
 		}
 	})
@@ -76,14 +86,6 @@ func (a *app) serverConfig(fs *pflag.FlagSet, sf *serverFlags) (server.Config, e
 		return cfg, ferr
 	}
 	return cfg, cfg.Validate()
-}
-
-func yamlScalar(s string) string {
-	if strings.HasPrefix(s, "[") || strings.HasPrefix(s, "- ") {
-		return "\n  " + strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n  ")
-	}
-	b, _ := yaml.Marshal(s)
-	return strings.TrimSpace(string(b))
 }
 
 func newServerCmd(a *app) *cobra.Command {

@@ -104,23 +104,50 @@ func (c *Config) LoadFile(path string) error {
 
 // LoadEnv merges DESKRUN_* variables into c.
 func (c *Config) LoadEnv(getenv func(string) string) error {
-	v := reflect.ValueOf(c).Elem()
-	t := v.Type()
-	for i := range t.NumField() {
-		key := t.Field(i).Tag.Get("yaml")
+	for _, key := range Keys() {
 		s := getenv("DESKRUN_" + strings.ToUpper(key))
 		if s == "" {
 			continue
 		}
-		// Parse the value as YAML of the field's type (durations and lists
-		// included), so env and file agree on syntax.
-		if t.Field(i).Type.Kind() == reflect.Slice && !strings.HasPrefix(s, "[") {
-			s = "[" + s + "]"
+		if err := c.Set(key, s); err != nil {
+			return &deskrun.Error{Code: deskrun.CodeInvalid, Message: fmt.Sprintf("environment DESKRUN_%s: %v", strings.ToUpper(key), err)}
 		}
-		doc := fmt.Appendf(nil, "%s: %s\n", key, s)
-		if err := yaml.UnmarshalWithOptions(doc, c); err != nil {
-			return &deskrun.Error{Code: deskrun.CodeInvalid, Message: fmt.Sprintf("environment DESKRUN_%s: %v", strings.ToUpper(key), firstLine(err.Error()))}
+	}
+	return nil
+}
+
+// Keys lists the settings' names (the YAML keys).
+func Keys() []string {
+	t := reflect.TypeFor[Config]()
+	keys := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		keys = append(keys, t.Field(i).Tag.Get("yaml"))
+	}
+	return keys
+}
+
+// Set sets one setting from its text form, parsed as YAML of the field's
+// type (durations and lists included: "a,b" is a list), so flags, the
+// environment and the file agree on syntax.
+func (c *Config) Set(key, value string) error {
+	f, ok := reflect.TypeFor[Config]().FieldByNameFunc(func(name string) bool {
+		sf, _ := reflect.TypeFor[Config]().FieldByName(name)
+		return sf.Tag.Get("yaml") == key
+	})
+	if !ok {
+		return fmt.Errorf("no setting %q", key)
+	}
+	switch f.Type.Kind() {
+	case reflect.Slice:
+		if !strings.HasPrefix(value, "[") {
+			value = "[" + value + "]"
 		}
+	case reflect.String:
+		b, _ := yaml.Marshal(value) // quoted as needed: a URL, a path with ':' or '#'
+		value = strings.TrimSpace(string(b))
+	}
+	if err := yaml.UnmarshalWithOptions(fmt.Appendf(nil, "%s: %s\n", key, value), c); err != nil {
+		return errors.New(firstLine(err.Error()))
 	}
 	return nil
 }
