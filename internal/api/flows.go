@@ -86,7 +86,7 @@ func (a *API) listFlows(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := wire.FlowList{Flows: make([]wire.Flow, 0, len(fs))}
 	for _, fv := range fs {
-		_, def, _ := a.svc.Flow(r.Context(), fv.Name, fv.Version)
+		def, _ := a.svc.Definition(fv)
 		out.Flows = append(out.Flows, flowOut(fv, def, false))
 	}
 	writeJSON(w, http.StatusOK, out)

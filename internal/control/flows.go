@@ -184,7 +184,7 @@ func (s *Service) Flow(ctx context.Context, name string, version int) (*deskrun.
 	if err != nil {
 		return nil, nil, err
 	}
-	def, err := s.definition(fv)
+	def, err := s.Definition(fv)
 	return fv, def, err
 }
 
@@ -202,7 +202,9 @@ func (s *Service) DeleteFlow(ctx context.Context, name string) error {
 	return nil
 }
 
-func (s *Service) definition(fv *deskrun.FlowVersion) (*flow.Definition, error) {
+// Definition parses a stored flow version (cached by digest), for callers
+// that already hold the version, as a list does.
+func (s *Service) Definition(fv *deskrun.FlowVersion) (*flow.Definition, error) {
 	s.flows.mu.Lock()
 	def, ok := s.flows.defs[fv.Digest]
 	s.flows.mu.Unlock()
@@ -369,7 +371,7 @@ func (s *Service) execFlowRun(ctx context.Context, id string) string {
 	if err != nil {
 		return fail(&deskrun.Error{Code: deskrun.CodeNotFound, Message: fmt.Sprintf("flow %s v%d was deleted before the run ended", r.Flow, r.Version)})
 	}
-	def, err := s.definition(fv)
+	def, err := s.Definition(fv)
 	if err != nil {
 		return fail(&deskrun.Error{Code: deskrun.CodeFlowInvalid, Message: err.Error()})
 	}
@@ -699,7 +701,7 @@ func (s *Service) FireSchedules(ctx context.Context) (int, error) {
 	p := s.flowPolicy()
 	now := s.now()
 	for _, fv := range flows {
-		def, err := s.definition(fv)
+		def, err := s.Definition(fv)
 		if err != nil || def.Schedule() == nil {
 			continue
 		}
@@ -780,7 +782,7 @@ func (s *Service) armSchedule() {
 	}
 	var next time.Time
 	for _, fv := range flows {
-		def, err := s.definition(fv)
+		def, err := s.Definition(fv)
 		if err != nil || def.Schedule() == nil {
 			continue
 		}
@@ -827,7 +829,7 @@ func (s *Service) Webhook(ctx context.Context, hookID string, header http.Header
 	if fv == nil {
 		return nil, false, &deskrun.Error{Code: deskrun.CodeNotFound, Message: fmt.Sprintf("no flow answers the webhook %q", hookID)}
 	}
-	def, err := s.definition(fv)
+	def, err := s.Definition(fv)
 	if err != nil {
 		return nil, false, err
 	}

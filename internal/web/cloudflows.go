@@ -49,7 +49,7 @@ func (c *Console) cloudFlows(w http.ResponseWriter, r *req) error {
 	}
 	rows := make([]cloudFlow, 0, len(fs))
 	for _, fv := range fs {
-		_, def, err := c.svc.Flow(ctx, fv.Name, fv.Version)
+		def, err := c.svc.Definition(fv)
 		rows = append(rows, c.cloudFlow(fv, def, err))
 	}
 	return c.page(w, http.StatusOK, "cloudflows.html", c.view(r, "Cloud flows", "cloudflows", rows))
