@@ -83,9 +83,13 @@ type Agent struct {
 	reaper     *runas.Reaper
 	guard      credentialGuard
 
-	mu      sync.Mutex
-	conn    *websocket.Conn
-	running map[string]context.CancelFunc
+	mu   sync.Mutex
+	conn *websocket.Conn
+	// up is closed when a connection is established, and replaced by an
+	// open channel when it ends (at downSince): sendReliably waits on it.
+	up        chan struct{}
+	downSince time.Time
+	running   map[string]context.CancelFunc
 }
 
 // DefaultExecutors are the built-in job kinds.
@@ -156,6 +160,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.MaxBackoff = 30 * time.Second
 	}
 	a.running = map[string]context.CancelFunc{}
+	a.up, a.downSince = make(chan struct{}), time.Now()
 	backoff := a.MinBackoff
 	for {
 		connected, err := a.session(ctx)
@@ -253,10 +258,14 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 	s := &session{a: a, ws: ws, ctx: ctx}
 	a.mu.Lock()
 	a.conn = ws
+	if a.up != nil {
+		close(a.up)
+	}
 	a.mu.Unlock()
 	defer func() {
 		a.mu.Lock()
 		a.conn = nil
+		a.up, a.downSince = make(chan struct{}), time.Now()
 		a.mu.Unlock()
 	}()
 
@@ -449,6 +458,48 @@ func (a *Agent) sendIfConnected(f *wire.Frame) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = writeFrame(ctx, ws, f)
+}
+
+// reconnectWait bounds how long sendReliably waits for the server.
+const reconnectWait = 2 * time.Minute
+
+// sendReliably sends a frame, waiting for the connection to come back when
+// it is down or the write fails (up to reconnectWait, then the frame is
+// dropped). A run's log chunks go this way: output written while the
+// server restarts is delivered after it, and a chunk sent twice is stored
+// once (the server keys chunks by sequence number).
+func (a *Agent) sendReliably(f *wire.Frame) {
+	for {
+		a.mu.Lock()
+		ws, up, down := a.conn, a.up, a.downSince
+		a.mu.Unlock()
+		if ws != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := writeFrame(ctx, ws, f)
+			cancel()
+			if err == nil {
+				return
+			}
+			up, down = nil, time.Now() // this connection is dying: wait for the next one
+		}
+		// The wait is counted from when the connection went down, so once
+		// it has passed, later frames are dropped at once, not each after
+		// a wait of its own.
+		left := time.Until(down.Add(reconnectWait))
+		if left <= 0 {
+			return
+		}
+		var retry <-chan time.Time
+		if up == nil {
+			retry = time.After(100 * time.Millisecond)
+		}
+		select {
+		case <-up:
+		case <-retry:
+		case <-time.After(left):
+			a.Log.Warn("run output dropped: the server was unreachable", "for", reconnectWait)
+		}
+	}
 }
 
 // forget drops a job whose result the server has recorded.

@@ -188,7 +188,7 @@ func (a *Agent) desktopRun(ctx context.Context, raw json.RawMessage, progress fu
 	// The flow.
 	send := a.sendFrame
 	if send == nil {
-		send = a.sendIfConnected
+		send = a.sendReliably
 	}
 	logs := newLogShipper(jobIDOf(ctx), send)
 	var pid atomic.Int64

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"image/png"
 	"os"
 	"os/exec"
@@ -272,6 +273,10 @@ echo '{"done": true}' > "$DESKRUN_OUTPUT"
 		require.JSONEq(t, `{"done": true}`, string(done.Outputs))
 		logs := w.runLogs(r.ID)
 		require.Equal(t, 1, strings.Count(logs, "tick 6"), "output recorded more than once, or lost: %s", logs)
+		// Output written while the server was down arrives after it.
+		for i := 1; i <= 6; i++ {
+			require.Equal(t, 1, strings.Count(logs, fmt.Sprintf("tick %d\n", i)), "tick %d: %s", i, logs)
+		}
 		// Another reconnect changes nothing: the result was recorded once.
 		w.Kill(w.Agent)
 		w.Agent = w.Start("agent", "run", "--state-dir", w.AgentDir)
