@@ -130,12 +130,12 @@ func newFlowCmd(a *app) *cobra.Command {
 		Use: "run NAME [--input k=v]... [--wait D]", Short: "Run a cloud flow", Args: cobra.ExactArgs(1),
 		Example: "  deskrun flow run greet --input who=Ada --wait 5m",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := wire.FlowRunCreate{Inputs: map[string]any{}}
-			for _, kv := range inputs {
-				k, v, ok := strings.Cut(kv, "=")
-				if !ok || k == "" {
-					return usagef("--input %q: use NAME=VALUE", kv)
-				}
+			given, err := parseInputs(inputs)
+			if err != nil {
+				return err
+			}
+			req := wire.FlowRunCreate{Inputs: make(map[string]any, len(given))}
+			for k, v := range given {
 				req.Inputs[k] = v
 			}
 			cl, err := a.client()

@@ -35,13 +35,9 @@ func newDesktopFlowRunCmd(a *app) *cobra.Command {
 			if req.Connection == "" {
 				return usagef("--connection is required")
 			}
-			req.Inputs = map[string]string{}
-			for _, kv := range inputs {
-				k, v, ok := strings.Cut(kv, "=")
-				if !ok || k == "" {
-					return usagef("--input %q: use NAME=VALUE", kv)
-				}
-				req.Inputs[k] = v
+			var err error
+			if req.Inputs, err = parseInputs(inputs); err != nil {
+				return err
 			}
 			cl, err := a.client()
 			if err != nil {
@@ -76,6 +72,19 @@ func newDesktopFlowRunCmd(a *app) *cobra.Command {
 	f.BoolVar(&follow, "follow", false, "stream the run's output until it ends")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return c
+}
+
+// parseInputs reads repeated --input NAME=VALUE flags.
+func parseInputs(inputs []string) (map[string]string, error) {
+	m := make(map[string]string, len(inputs))
+	for _, kv := range inputs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, usagef("--input %q: use NAME=VALUE", kv)
+		}
+		m[k] = v
+	}
+	return m, nil
 }
 
 func newRunCmd(a *app) *cobra.Command {
