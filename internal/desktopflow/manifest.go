@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/deskrun/deskrun"
@@ -98,10 +99,14 @@ func (d *Duration) UnmarshalText(b []byte) error {
 var paramName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // flowName is the rule for flow names, which appear in URLs and paths.
-var flowName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+// It is compiled at first use, not at init: the {0,62} expands to 62
+// nested options, ≈ 0.25 ms that every deskrun process would pay.
+var flowName = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+})
 
 // ValidName reports whether name is a valid desktop flow name.
-func ValidName(name string) bool { return flowName.MatchString(name) }
+func ValidName(name string) bool { return flowName().MatchString(name) }
 
 // ParseManifest parses and validates a manifest. path names the file in
 // errors (as the user knows it: "examples/hello/desktopflow.yaml"). Every

@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/goccy/go-yaml"
@@ -202,7 +203,10 @@ func (d *Definition) Limit() (max int, overlap string) {
 	return d.Concurrency.Max, d.Concurrency.Overlap
 }
 
-var compiledSchema = func() *jsonschema.Schema {
+// compiledSchema is compiled at the first Parse, not at init: every
+// deskrun process links this package, few of them parse a flow, and
+// compiling costs a few milliseconds.
+var compiledSchema = sync.OnceValue(func() *jsonschema.Schema {
 	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(Schema))
 	if err != nil {
 		panic(err)
@@ -212,7 +216,7 @@ var compiledSchema = func() *jsonschema.Schema {
 		panic(err)
 	}
 	return c.MustCompile("flow.json")
-}()
+})
 
 // Parse reads, validates and compiles a definition. Every error is a
 // *deskrun.Error with code FlowInvalid whose message names the file, line
@@ -259,7 +263,7 @@ func Parse(file string, data []byte) (*Definition, error) {
 	if err != nil {
 		return nil, p.errAt(1, 1, "", "%v", err)
 	}
-	if err := compiledSchema.Validate(inst); err != nil {
+	if err := compiledSchema().Validate(inst); err != nil {
 		var ve *jsonschema.ValidationError
 		if errors.As(err, &ve) {
 			return nil, p.schemaError(ve)
