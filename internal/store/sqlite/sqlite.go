@@ -29,6 +29,8 @@ type DB struct {
 	queries
 	write *sql.DB // one connection: every write and transaction
 	read  *sql.DB // read-only connections; the same as write for :memory:
+	// Prepared statements of each pool (one cache when they are the same).
+	writeStmts, readStmts *stmtCache
 }
 
 var _ store.Store = (*DB)(nil)
@@ -113,7 +115,11 @@ func Open(ctx context.Context, path string, opts ...Option) (*DB, error) {
 		db.Close()
 		return nil, err
 	}
-	db.queries = queries{r: db.read, w: db.write, owner: db}
+	db.writeStmts, db.readStmts = newStmtCache(db.write), newStmtCache(db.read)
+	if db.read == db.write {
+		db.readStmts = db.writeStmts
+	}
+	db.queries = queries{r: db.readStmts, w: db.writeStmts, owner: db}
 
 	// Connect the writer first: it switches the file to WAL, which a
 	// query_only reader cannot do.
@@ -155,6 +161,11 @@ func openPool(path, txlock string, pragmas []string, conns int) (*sql.DB, error)
 
 // Close closes both pools.
 func (db *DB) Close() error {
+	for _, c := range []*stmtCache{db.readStmts, db.writeStmts} {
+		if c != nil {
+			c.close()
+		}
+	}
 	var errs []error
 	if db.read != nil && db.read != db.write {
 		errs = append(errs, db.read.Close())
@@ -191,7 +202,8 @@ func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) (err error) {
 			_ = sqlTx.Rollback() // fn panicked; the panic goes on
 		}
 	}()
-	t := &tx{queries: queries{r: sqlTx, w: sqlTx}, tx: sqlTx}
+	ts := txStmts{tx: sqlTx, cache: db.writeStmts}
+	t := &tx{queries: queries{r: ts, w: ts}, tx: sqlTx}
 	t.owner = t
 	if err := fn(t); err != nil {
 		done = true
