@@ -132,24 +132,9 @@ func StartDesktopEnv(ctx context.Context, o DesktopEnvOptions) (_ *DesktopEnv, e
 	}
 
 	// Users first: they are what must never be left behind.
-	var rnd [3]byte
-	_, _ = rand.Read(rnd[:])
-	tag := hex.EncodeToString(rnd[:])
-	for i, h := range o.Users {
-		method := map[string]string{HashSHA512: "SHA512", HashYescrypt: "YESCRYPT"}[h]
-		if method == "" {
-			return nil, fmt.Errorf("desktop bench: unknown hash %q (sha512 or yescrypt)", h)
-		}
-		name := fmt.Sprintf("%s%s%c%d", UserPrefix, tag, h[0], i)
-		if err := shadowTool(ctx, "useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh", "-U", name); err != nil {
-			return nil, err
-		}
-		env.Users = append(env.Users, name)
-		cmd := exec.CommandContext(ctx, "chpasswd", "-c", method)
-		cmd.Stdin = strings.NewReader(name + ":" + benchPassword + "\n")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("chpasswd -c %s: %v\n%s", method, err, out)
-		}
+	env.Users, err = createUsers(ctx, o.Users)
+	if err != nil {
+		return nil, err
 	}
 	env.progress("created users %s", strings.Join(env.Users, " "))
 
@@ -220,6 +205,46 @@ func pushFlow(ctx context.Context, cl *client.Client, base, name, run string) er
 	return nil
 }
 
+// createUsers makes one local user per hash (HashSHA512, HashYescrypt)
+// with useradd and chpasswd -c, all with benchPassword, named
+// drb_<random tag><hash initial><i>. It returns the users made so far
+// even with an error: the caller deletes them (deleteUsers).
+func createUsers(ctx context.Context, hashes []string) ([]string, error) {
+	var rnd [3]byte
+	_, _ = rand.Read(rnd[:])
+	tag := hex.EncodeToString(rnd[:])
+	users := make([]string, 0, len(hashes))
+	for i, h := range hashes {
+		method := map[string]string{HashSHA512: "SHA512", HashYescrypt: "YESCRYPT"}[h]
+		if method == "" {
+			return users, fmt.Errorf("bench: unknown hash %q (sha512 or yescrypt)", h)
+		}
+		name := fmt.Sprintf("%s%s%c%d", UserPrefix, tag, h[0], i)
+		if err := shadowTool(ctx, "useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh", "-U", name); err != nil {
+			return users, err
+		}
+		users = append(users, name)
+		cmd := exec.CommandContext(ctx, "chpasswd", "-c", method)
+		cmd.Stdin = strings.NewReader(name + ":" + benchPassword + "\n")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return users, fmt.Errorf("chpasswd -c %s: %v\n%s", method, err, out)
+		}
+	}
+	return users, nil
+}
+
+// deleteUsers deletes users made by createUsers, -f: even if a process
+// of the user survived its run.
+func deleteUsers(users []string) error {
+	var errs []error
+	for _, u := range users {
+		if err := shadowTool(context.Background(), "userdel", "-f", u); err != nil {
+			errs = append(errs, fmt.Errorf("could not delete user %s: %w", u, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // shadowTool runs useradd and friends, retrying while another process
 // holds the passwd lock.
 func shadowTool(ctx context.Context, args ...string) error {
@@ -244,11 +269,8 @@ func shadowTool(ctx context.Context, args ...string) error {
 // the temporary files. It is safe on a half-made environment.
 func (e *DesktopEnv) Close() {
 	e.stop()
-	for _, u := range e.Users {
-		// -f: even if a process of the user survived its run.
-		if err := shadowTool(context.Background(), "userdel", "-f", u); err != nil {
-			e.progress("warning: could not delete user %s: %v", u, err)
-		}
+	if err := deleteUsers(e.Users); err != nil {
+		e.progress("warning: %v", err)
 	}
 	e.Users = nil
 	if e.base != "" {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,7 +23,7 @@ func newBenchCmd(a *app) *cobra.Command {
 		cpuProfile                 string
 	)
 	c := &cobra.Command{
-		Use:   "bench --scenario roundtrip|agents|run|burst|flow",
+		Use:   "bench --scenario roundtrip|agents|run|burst|flow|limits",
 		Short: "Measure job latency, idle-agent cost and desktop-flow run starts on this machine (loopback)",
 		Long: `Measure deskrun on this machine, over real loopback sockets. BENCHMARKS.md has the
 numbers and how they were taken.
@@ -43,7 +44,13 @@ numbers and how they were taken.
   flow       (root) one SHA-512 user; applies a cloud flow with a webhook trigger and one
              desktop step, then alternates N signed POST /hooks/{id} deliveries with N
              direct runs of the same desktop flow and reports webhook → process start
-             against trigger → process start, and what the flow layer adds.`,
+             against trigger → process start, and what the flow layer adds.
+  limits     the parts the figures above are made of, each alone, N times: a SQLite
+             1-row commit (the store's DSN, synchronous FULL and NORMAL, in --data),
+             a TLS WebSocket push and ack on 127.0.0.1, and as root fork/exec of
+             /bin/true (as root and as a user through setuid) and a raw PAM logon
+             (SHA-512 and yescrypt users, drb_*, deleted after); then which product
+             figure is compared to which sum of limits.`,
 		Args: cobra.NoArgs,
 		// Hidden: a developer's tool, documented in BENCHMARKS.md rather
 		// than in the help of every user.
@@ -53,6 +60,24 @@ numbers and how they were taken.
 			var progress = a.io.Err
 			var res any
 			switch scenario {
+			case "limits":
+				if asJSON {
+					progress = nil
+				}
+				if !cmd.Flags().Changed("n") {
+					n = 200
+				}
+				if !cmd.Flags().Changed("warmup") {
+					warmup = 5
+				}
+				r, err := bench.Limits(ctx, bench.LimitsOptions{N: n, Warmup: warmup, Data: data, Progress: progress})
+				if err != nil {
+					return err
+				}
+				res = r
+				if !asJSON {
+					printLimits(a.io.Out, r)
+				}
 			case "roundtrip":
 				r, err := bench.RoundTrip(ctx, bench.RoundTripOptions{N: n, Warmup: warmup, Data: data, SQLiteSync: sqliteSync})
 				if err != nil {
@@ -128,7 +153,7 @@ numbers and how they were taken.
 					}
 				}
 			default:
-				return usagef("--scenario must be roundtrip, agents, run, burst or flow, not %q", scenario)
+				return usagef("--scenario must be roundtrip, agents, run, burst, flow or limits, not %q", scenario)
 			}
 			if asJSON {
 				return printJSON(a.io.Out, map[string]any{"scenario": scenario, "result": res})
@@ -137,9 +162,9 @@ numbers and how they were taken.
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&scenario, "scenario", "roundtrip", "roundtrip, agents, run, burst or flow")
-	f.IntVar(&n, "n", 2000, "roundtrip: measured round trips; run: runs per user (default 200); burst: runs (default 1000); flow: webhook and direct runs each (default 200)")
-	f.IntVar(&warmup, "warmup", 100, "roundtrip: unmeasured round trips first; run, flow: unmeasured runs per user / of each kind (default 5)")
+	f.StringVar(&scenario, "scenario", "roundtrip", "roundtrip, agents, run, burst, flow or limits")
+	f.IntVar(&n, "n", 2000, "roundtrip: measured round trips; run: runs per user (default 200); burst: runs (default 1000); flow: webhook and direct runs each (default 200); limits: iterations per case (default 200)")
+	f.IntVar(&warmup, "warmup", 100, "roundtrip: unmeasured round trips first; run, flow: unmeasured runs per user / of each kind (default 5); limits: per case (default 5)")
 	f.StringVar(&sqliteSync, "sqlite-sync", "FULL", "roundtrip, run, burst, flow: SQLite synchronous mode, FULL or NORMAL")
 	f.StringSliceVar(&hashes, "hashes", []string{bench.HashSHA512, bench.HashYescrypt}, "run: one user per password hash (sha512, yescrypt)")
 	f.IntVar(&users, "users", 8, "burst: SHA-512 users, one connection each")
@@ -149,7 +174,7 @@ numbers and how they were taken.
 	f.IntVar(&agents, "agents", 2000, "agents: simulated agents")
 	f.DurationVar(&heartbeat, "heartbeat", time.Second, "agents: heartbeat interval")
 	f.DurationVar(&cpuWindow, "cpu-window", 10*time.Second, "agents: how long server CPU is sampled")
-	f.StringVar(&data, "data", "", "server data directory (default: a temporary one, removed after)")
+	f.StringVar(&data, "data", "", "server data directory, or limits' SQLite files (default: a temporary one, removed after)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return c
 }
@@ -224,4 +249,33 @@ func metOrNot(b bool) string {
 		return "met"
 	}
 	return "NOT met"
+}
+
+func printLimits(w io.Writer, r *bench.LimitsResult) {
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond)) }
+	fmt.Fprintf(w, "limits of this machine, %d per case (loadavg %s)\n", r.N, r.LoadAvg)
+	for _, c := range r.Cases {
+		if c.Skipped != "" {
+			fmt.Fprintf(w, "  %-20s skipped: %s\n", c.Name, c.Skipped)
+			continue
+		}
+		fmt.Fprintf(w, "  %-20s %s; %.0f/s in a row\n", c.Name, c.Latency, c.PerSecond)
+	}
+	if p := r.Spawn; p != nil {
+		fmt.Fprintf(w, "  spawn_setuid ran as %s: uid gid groups of a child = %s\n", p.User, p.Child)
+	}
+	fmt.Fprintln(w, "product figures and the sum of their limits' p50, sqlite FULL / NORMAL:")
+	for _, c := range bench.Comparisons {
+		terms := make([]string, 0, len(c.Limit))
+		for _, t := range c.Limit {
+			terms = append(terms, fmt.Sprintf("%d × %s", t.Count, t.Case))
+		}
+		full, err := r.Limit(c, "FULL")
+		normal, _ := r.Limit(c, "NORMAL")
+		sum := ms(full) + " / " + ms(normal)
+		if err != nil {
+			sum = err.Error()
+		}
+		fmt.Fprintf(w, "  %-9s %-26s ≥ %s = %s\n", c.Scenario, c.Figure, strings.Join(terms, " + "), sum)
+	}
 }
