@@ -521,6 +521,7 @@ type simAgent struct {
 	name      string
 	machineID string
 	key       ed25519.PrivateKey
+	slots     int // 0 means 1
 }
 
 func enrollSim(ctx context.Context, hc *http.Client, base string, et wire.EnrollmentToken, name string) (*simAgent, error) {
@@ -532,7 +533,7 @@ func enrollSim(ctx context.Context, hc *http.Client, base string, et wire.Enroll
 	if err != nil {
 		return nil, err
 	}
-	body, _ := json.Marshal(wire.EnrollRequest{TokenID: et.ID, Secret: et.Secret, Name: name, Info: simInfo(name),
+	body, _ := json.Marshal(wire.EnrollRequest{TokenID: et.ID, Secret: et.Secret, Name: name, Info: simInfo(name, 1),
 		SigningKey: pub, SealKey: sk.Public})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/v1/agent/enroll", bytes.NewReader(body))
 	if err != nil {
@@ -555,9 +556,9 @@ func enrollSim(ctx context.Context, hc *http.Client, base string, et wire.Enroll
 	return &simAgent{name: name, machineID: out.Machine.ID, key: priv}, nil
 }
 
-func simInfo(name string) wire.MachineInfo {
+func simInfo(name string, slots int) wire.MachineInfo {
 	return wire.MachineInfo{Hostname: name, OS: runtime.GOOS, Arch: runtime.GOARCH, AgentVersion: "bench",
-		ProtocolVersion: wire.ProtocolVersion, JoinState: "standalone", Slots: 1}
+		ProtocolVersion: wire.ProtocolVersion, JoinState: "standalone", Slots: max(slots, 1), RunAsAnyUser: true}
 }
 
 // connect dials the agent endpoint and does the challenge/hello/welcome
@@ -584,7 +585,7 @@ func (a *simAgent) connect(ctx context.Context, hc *http.Client, base string) (*
 	if f.Type != wire.FrameChallenge || f.Challenge == nil {
 		return fail(fmt.Errorf("expected a challenge, got %q", f.Type))
 	}
-	hello := &wire.Hello{MachineID: a.machineID, ProtocolVersion: wire.ProtocolVersion, Info: simInfo(a.name),
+	hello := &wire.Hello{MachineID: a.machineID, ProtocolVersion: wire.ProtocolVersion, Info: simInfo(a.name, a.slots),
 		Signature: ed25519.Sign(a.key, wire.AuthMessage(a.machineID, f.Challenge.Nonce))}
 	if err := wsjson.Write(dctx, ws, &wire.Frame{Type: wire.FrameHello, Hello: hello}); err != nil {
 		return fail(err)

@@ -1,10 +1,11 @@
-// Package bench measures deskrun end to end, over real sockets: the
-// latency of a no-op job from the API to an agent and back (RoundTrip),
-// what idle agents cost a server in memory and heartbeat CPU (Agents), and
-// how fast a desktop-flow run starts as a real user (RunStart, Burst), and
-// what a webhook-triggered cloud flow adds to that start (Flow).
-// `deskrun bench` and the Go benchmarks in this package drive it; the
-// numbers and how to reproduce them are in BENCHMARKS.md.
+// Package bench is deskrun's performance suite (issue #9): real `deskrun
+// server` and `deskrun agent` processes over real TLS sockets on
+// 127.0.0.1, driven through the API, with every figure read from the
+// server's stamps, the agent's timings and /proc. Suite runs the scenarios
+// (Limits, RoundTrip, NoopRuns, RunStart, Burst, Flow, Growth, Agents)
+// and builds a Report: each figure against its target and against the
+// limit the same machine measured minutes before. `deskrun bench` and
+// `make bench` drive it; BENCHMARKS.md has the numbers.
 package bench
 
 import (

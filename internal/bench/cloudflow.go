@@ -141,7 +141,7 @@ func Flow(ctx context.Context, o FlowOptions) (*FlowResult, error) {
 			diff = append(diff, wt-dt)
 		}
 	}
-	res := &FlowResult{SQLiteSync: env.Server.Config.SQLiteSync, User: env.Users[0], Webhook: web.summary(), Direct: direct.summary(),
+	res := &FlowResult{SQLiteSync: env.SQLiteSync, User: env.Users[0], Webhook: web.summary(), Direct: direct.summary(),
 		Layer:    FlowLayer{Received: Summarize(received), Admit: Summarize(admit), Exec: Summarize(exec), Step: Summarize(step), Reply: Summarize(reply)},
 		PairDiff: Summarize(diff)}
 	res.Overhead = res.Webhook.Total.P50 - res.Direct.Total.P50
@@ -178,11 +178,11 @@ steps:
 	if err := e.Client.Do(ctx, "POST", "/api/v1/flows", wire.FlowApply{File: "bench-hook.yaml", Definition: def}, nil); err != nil {
 		return nil, fmt.Errorf("apply the cloud flow: %w", err)
 	}
-	u, err := url.Parse(e.Server.Config.URL)
+	u, err := url.Parse(e.URL)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := pki.PoolConfig(e.Server.TLS.CAPEM, u.Hostname())
+	cfg, err := pki.PoolConfig(e.CAPEM, u.Hostname())
 	if err != nil {
 		return nil, err
 	}
@@ -195,8 +195,8 @@ steps:
 type delivery struct {
 	trigger time.Time
 	reply   time.Duration
-	flow    *deskrun.FlowRun
-	step    *deskrun.FlowStep
+	flow    *wire.FlowRun
+	step    *wire.FlowStep
 	st      *runStamp
 }
 
@@ -229,32 +229,28 @@ func (h *hook) deliver(ctx context.Context, seq int) (*delivery, error) {
 	if err := json.Unmarshal(b, &fr); err != nil {
 		return nil, fmt.Errorf("webhook answer %s: %w", b, err)
 	}
-	c := h.env.Server.Control
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		r, steps, err := c.FlowRun(ctx, fr.ID, time.Minute)
-		if err != nil {
+		var r wire.FlowRun
+		if err := h.env.Client.Do(ctx, http.MethodGet, "/api/v1/flowruns/"+fr.ID+"?wait=60s", nil, &r); err != nil {
 			return nil, err
 		}
-		if r.State.Terminal() {
-			if r.State != deskrun.FlowRunSucceeded || len(steps) != 1 {
-				return nil, fmt.Errorf("flow run %s ended %s with %d steps: %v", r.ID, r.State, len(steps), r.Error)
+		if deskrun.FlowRunState(r.State).Terminal() {
+			if r.State != string(deskrun.FlowRunSucceeded) || len(r.Steps) != 1 {
+				return nil, fmt.Errorf("flow run %s ended %s with %d steps: %v", r.ID, r.State, len(r.Steps), r.Error)
 			}
-			d.flow, d.step = r, steps[0]
+			d.flow, d.step = &r, &r.Steps[0]
 			break
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("flow run %s still %s after 2 minutes", r.ID, r.State)
 		}
 	}
-	// The executor admits the flow's queued runs after the run ended:
-	// let it finish before the next measurement.
-	c.WaitFlows()
-	run, err := c.Run(ctx, d.step.DesktopRunID, 0)
+	run, err := h.env.world.waitRun(ctx, d.step.DesktopRunID)
 	if err != nil {
 		return nil, err
 	}
-	if d.st, err = stampOf(wire.RunFrom(run)); err != nil {
+	if d.st, err = stampOf(run); err != nil {
 		return nil, err
 	}
 	return d, nil

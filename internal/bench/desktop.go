@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/client"
-	"github.com/deskrun/deskrun/internal/control"
 	"github.com/deskrun/deskrun/internal/desktopflow"
 	"github.com/deskrun/deskrun/internal/identity/pam"
 	"github.com/deskrun/deskrun/internal/wire"
@@ -56,26 +54,26 @@ type DesktopEnvOptions struct {
 	Users []string
 	// Slots is the agent's machine slots.
 	Slots int
-	// Executable is the deskrun binary that runas re-executes to drop to
-	// the user; empty means build one (go build ./cmd/deskrun).
+	// Executable is the deskrun binary the server and agent processes run;
+	// empty means build one (go build ./cmd/deskrun).
 	Executable string
 	// Data holds the server's and the agent's data; empty means a fresh
 	// temporary directory, removed afterwards.
 	Data string
 	// SQLiteSync is FULL (the default) or NORMAL.
 	SQLiteSync string
-	// Log receives the server's and the agent's logs; nil discards them.
-	Log *slog.Logger
+	// ProfileDir, if set, receives CPU profiles of the server and the
+	// agent (server.pprof, agent.pprof).
+	ProfileDir string
 	// Progress, if set, receives one line per phase.
 	Progress io.Writer
 }
 
-// DesktopEnv is an in-process server, an in-process agent with the real
-// PAM provider on a private PAM stack and runas re-executing a real
-// deskrun binary, real local users and their connections, and the
-// benchmark's desktop flows.
+// DesktopEnv is a server process, an agent process (root) logging users on
+// through a private PAM stack, real local users and their connections, and
+// the benchmark's desktop flows.
 type DesktopEnv struct {
-	inProcess            // Server, Client, Machine
+	*world               // Client, Machine, Server, Agent
 	Users       []string // local user names, in DesktopEnvOptions.Users order
 	Connections []string // connection names, likewise
 
@@ -123,10 +121,9 @@ func StartDesktopEnv(ctx context.Context, o DesktopEnvOptions) (_ *DesktopEnv, e
 	}
 	exe := o.Executable
 	if exe == "" {
-		exe = filepath.Join(env.base, "deskrun")
 		t0 := time.Now()
-		if out, err := exec.CommandContext(ctx, "go", "build", "-o", exe, "github.com/deskrun/deskrun/cmd/deskrun").CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("go build deskrun (the binary runas re-executes): %v\n%s", err, out)
+		if exe, err = buildDeskrun(ctx, env.base); err != nil {
+			return nil, err
 		}
 		env.progress("built %s in %s", exe, time.Since(t0).Round(time.Millisecond))
 	}
@@ -153,20 +150,20 @@ func StartDesktopEnv(ctx context.Context, o DesktopEnvOptions) (_ *DesktopEnv, e
 	}
 	// The agent's state directory must be searchable by the users (their
 	// run directories are below it), like the default /var/lib/deskrun.
-	err = env.start(ctx, inProcessOptions{ServerData: filepath.Join(data, "server"), AgentState: filepath.Join(env.base, "agent"),
-		AgentName: "bench-box", Slots: o.Slots, SQLiteSync: o.SQLiteSync, Log: o.Log,
-		Logon: pam.New(pam.Config{Stack: stack}), RunAsExecutable: exe, ReapRuns: true})
+	env.world = &world{}
+	err = env.start(ctx, worldOptions{Command: []string{exe}, Data: filepath.Join(data, "server"), AgentState: filepath.Join(env.base, "agent"),
+		AgentName: "bench-box", Slots: o.Slots, SQLiteSync: o.SQLiteSync, ProfileDir: o.ProfileDir,
+		AgentEnv: []string{"DESKRUN_PAM_DIR=" + stack.PAMDir, "DESKRUN_PAM_CONFIG_DIR=" + stack.ConfigDir,
+			"DESKRUN_FAILLOCK_DIR=" + stack.FaillockDir, "DESKRUN_NOLOGIN_FILE=" + stack.NologinFile}})
 	if err != nil {
 		return nil, err
 	}
-	s := env.Server
 
-	// Connections through control, with a plain password: each is sealed
+	// Connections through the API with a plain password: each is sealed
 	// to the agent's key and tested there (one real PAM logon).
-	admin := control.Actor{ID: "bench", Role: deskrun.RoleAdmin}
 	for i, u := range env.Users {
 		name := fmt.Sprintf("drb-%s-%d", o.Users[i], i)
-		if _, _, err := s.Control.CreateConnection(ctx, admin, wire.ConnectionCreate{Name: name, Machine: env.Machine, Username: u,
+		if _, err := env.Client.CreateConnection(ctx, wire.ConnectionCreate{Name: name, Machine: env.Machine, Username: u,
 			Password: wire.Secret(benchPassword)}); err != nil {
 			return nil, fmt.Errorf("create connection %s for %s: %w", name, u, err)
 		}
@@ -177,7 +174,7 @@ func StartDesktopEnv(ctx context.Context, o DesktopEnvOptions) (_ *DesktopEnv, e
 			return nil, err
 		}
 	}
-	env.progress("server %s, agent %s (%d slots), %d connections, flows pushed", s.Config.URL, env.Machine, max(o.Slots, 1), len(env.Connections))
+	env.progress("server %s, agent %s (%d slots), %d connections, flows pushed", env.URL, env.Machine, max(o.Slots, 1), len(env.Connections))
 	return env, nil
 }
 
@@ -268,7 +265,11 @@ func shadowTool(ctx context.Context, args ...string) error {
 // Close stops the agent and the server, deletes the users and removes
 // the temporary files. It is safe on a half-made environment.
 func (e *DesktopEnv) Close() {
-	e.stop()
+	if e.world != nil {
+		if err := e.stop(); err != nil {
+			e.progress("warning: %v", err)
+		}
+	}
 	if err := deleteUsers(e.Users); err != nil {
 		e.progress("warning: %v", err)
 	}
@@ -294,22 +295,14 @@ func (e *DesktopEnv) startRun(ctx context.Context, flow, conn string) (wire.Run,
 	return r, err
 }
 
-// waitRun waits (in process, one waiter) for a run to end and reads its
-// stamps; it fails unless the run succeeded.
+// waitRun waits for a run to end and reads its stamps; it fails unless
+// the run succeeded.
 func (e *DesktopEnv) waitRun(ctx context.Context, id string) (*runStamp, error) {
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		r, err := e.Server.Control.Run(ctx, id, time.Minute)
-		if err != nil {
-			return nil, err
-		}
-		if r.State.Terminal() {
-			return stampOf(wire.RunFrom(r))
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("run %s still %s after 2 minutes", id, r.State)
-		}
+	r, err := e.world.waitRun(ctx, id)
+	if err != nil {
+		return nil, err
 	}
+	return stampOf(r)
 }
 
 func stampOf(r wire.Run) (*runStamp, error) {

@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -132,30 +130,39 @@ func RunStart(ctx context.Context, o RunOptions) (*RunResult, error) {
 		return nil, err
 	}
 	defer env.Close()
-	res := &RunResult{SQLiteSync: env.Server.Config.SQLiteSync}
+	res := &RunResult{SQLiteSync: env.SQLiteSync}
 	for i, h := range hashes {
-		conn := env.Connections[i]
-		var s stageSamples
-		for k := range o.Warmup + o.N {
-			trigger := time.Now()
-			r, err := env.startRun(ctx, flowCal, conn)
-			if err != nil {
-				return nil, fmt.Errorf("start run: %w", err)
-			}
-			st, err := env.waitRun(ctx, r.ID)
-			if err != nil {
-				return nil, err
-			}
-			if k >= o.Warmup {
-				s.add(trigger, st)
-			}
+		st, err := env.measureStarts(ctx, env.Connections[i], o.N, o.Warmup)
+		if err != nil {
+			return nil, err
 		}
-		k := RunKind{Hash: h, User: env.Users[i], Stages: s.summary()}
+		k := RunKind{Hash: h, User: env.Users[i], Stages: st}
 		k.MetP50, k.MetP99 = k.Stages.NoHash.P50 <= TargetNoHashP50, k.Stages.NoHash.P99 <= TargetNoHashP99
 		env.progress("%s: trigger→start %s; without logon %s", h, k.Stages.Total, k.Stages.NoHash)
 		res.Kinds = append(res.Kinds, k)
 	}
 	return res, nil
+}
+
+// measureStarts times n sequential runs of the calibrating flow on conn,
+// after warmup unmeasured ones.
+func (env *DesktopEnv) measureStarts(ctx context.Context, conn string, n, warmup int) (Stages, error) {
+	var s stageSamples
+	for k := range warmup + n {
+		trigger := time.Now()
+		r, err := env.startRun(ctx, flowCal, conn)
+		if err != nil {
+			return Stages{}, fmt.Errorf("start run: %w", err)
+		}
+		st, err := env.waitRun(ctx, r.ID)
+		if err != nil {
+			return Stages{}, err
+		}
+		if k >= warmup {
+			s.add(trigger, st)
+		}
+	}
+	return s.summary(), nil
 }
 
 // BurstOptions configure the burst scenario.
@@ -164,10 +171,9 @@ type BurstOptions struct {
 	// connection each) by Submitters concurrent API clients, to one
 	// machine with Slots slots.
 	N, Users, Slots, Submitters int
-	// CPUProfile, if set, receives a CPU profile of this process (server,
-	// agent and client) from the first submit to the last run's end.
-	CPUProfile string
-	Env        DesktopEnvOptions
+	// Env.ProfileDir, if set, receives CPU profiles of the server and the
+	// agent processes (their whole life, warm-up included).
+	Env DesktopEnvOptions
 }
 
 // BurstResult is what the burst scenario measured. Durations are from
@@ -189,12 +195,15 @@ type BurstResult struct {
 	Met          bool          `json:"met"`
 	// Per-run stages under load (queue waits for a slot here).
 	Stages Stages `json:"stages"`
-	// CPU over first submit → last finish: this process (server, agent,
-	// client), its reaped children (runas re-exec, sh, date), and the
-	// whole machine's busy share of all cores.
+	// CPU over first submit → last finish: the server process, the agent
+	// process, the agent's reaped children (the runs: sh, date), this
+	// process (the API clients), and the whole machine's busy share of all
+	// cores.
 	Wall        time.Duration `json:"wall_ns"`
-	ProcessCPU  time.Duration `json:"process_cpu_ns"`
-	ChildrenCPU time.Duration `json:"children_cpu_ns"`
+	ServerCPU   time.Duration `json:"server_cpu_ns"`
+	AgentCPU    time.Duration `json:"agent_cpu_ns"`
+	RunsCPU     time.Duration `json:"runs_cpu_ns"`
+	BenchCPU    time.Duration `json:"bench_cpu_ns"`
 	MachineBusy float64       `json:"machine_busy_percent"`
 	Cores       int           `json:"cores"`
 }
@@ -234,20 +243,10 @@ func Burst(ctx context.Context, o BurstOptions) (_ *BurstResult, err error) {
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
 
-	if o.CPUProfile != "" {
-		f, err := os.Create(o.CPUProfile)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return nil, err
-		}
-		defer pprof.StopCPUProfile()
-	}
 	pid := os.Getpid()
 	cpu0, _ := ReadCPU(pid)
-	ch0 := childrenCPU()
+	srv0, _, _ := env.Server.CPU()
+	ag0, runs0, _ := env.Agent.CPU()
 	busy0, total0, _ := machineCPU()
 	ids := make([]string, o.N)
 	triggers := make([]time.Time, o.N)
@@ -270,15 +269,14 @@ func Burst(ctx context.Context, o BurstOptions) (_ *BurstResult, err error) {
 		}
 	}
 	wall := time.Since(t0)
-	if o.CPUProfile != "" {
-		pprof.StopCPUProfile()
-	}
 	cpu1, _ := ReadCPU(pid)
-	ch1 := childrenCPU()
+	srv1, _, _ := env.Server.CPU()
+	ag1, runs1, _ := env.Agent.CPU()
 	busy1, total1, _ := machineCPU()
 
 	res := &BurstResult{N: o.N, Users: o.Users, Slots: o.Slots, Submitters: o.Submitters, Submitted: submitted,
-		SubmitPerSec: float64(o.N) / submitted.Seconds(), Wall: wall, ProcessCPU: cpu1 - cpu0, ChildrenCPU: ch1 - ch0}
+		SubmitPerSec: float64(o.N) / submitted.Seconds(), Wall: wall, ServerCPU: srv1 - srv0, AgentCPU: ag1 - ag0,
+		RunsCPU: runs1 - runs0, BenchCPU: cpu1 - cpu0}
 	if total1 > total0 {
 		res.MachineBusy = 100 * float64(busy1-busy0) / float64(total1-total0)
 	}
@@ -295,15 +293,6 @@ func Burst(ctx context.Context, o BurstOptions) (_ *BurstResult, err error) {
 	res.Met = res.StartsPerSec >= TargetStartsPS
 	res.Stages = s.summary()
 	return res, nil
-}
-
-// childrenCPU is the user+system time of this process's reaped children.
-func childrenCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // machineCPU reads the aggregate line of /proc/stat: busy and total ticks.

@@ -60,23 +60,31 @@ func procKB(path, key string) (int64, error) {
 
 // ReadCPU returns the user plus system CPU time pid has used.
 func ReadCPU(pid int) (time.Duration, error) {
+	self, _, err := readCPUs(pid)
+	return self, err
+}
+
+// readCPUs returns the user plus system CPU time pid has used, and that of
+// its children it has waited for.
+func readCPUs(pid int) (self, children time.Duration, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The command name (field 2) may hold spaces; fields restart after ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 { // state is field 3; utime 14 and stime 15
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	if len(f) < 15 { // state is field 3; utime, stime, cutime, cstime 14–17
+		return 0, 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed times", pid)
+	var t [4]int64
+	for k := range t {
+		if t[k], err = strconv.ParseInt(f[11+k], 10, 64); err != nil {
+			return 0, 0, fmt.Errorf("/proc/%d/stat: malformed times", pid)
+		}
 	}
-	return time.Duration(ut+st) * clockTick, nil
+	return time.Duration(t[0]+t[1]) * clockTick, time.Duration(t[2]+t[3]) * clockTick, nil
 }

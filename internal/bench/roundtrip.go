@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/deskrun/deskrun"
@@ -17,13 +14,14 @@ import (
 type RoundTripOptions struct {
 	// N round trips are measured after Warmup unmeasured ones.
 	N, Warmup int
+	// Command and Env run deskrun (see worldOptions).
+	Command, Env []string
 	// Data is the server's data directory; empty means a fresh temporary
-	// one, removed afterwards. Its file system decides what an fsync costs.
+	// one, removed afterwards. Its file system decides what an fsync
+	// costs, and a seeded one measures the cost of stored history.
 	Data string
 	// SQLiteSync is FULL (the default, durable) or NORMAL.
 	SQLiteSync string
-	// Log receives the server's and the agent's logs; nil discards them.
-	Log *slog.Logger
 }
 
 // RoundTripResult is what the scenario measured.
@@ -32,44 +30,26 @@ type RoundTripResult struct {
 	// Client is POST /api/v1/jobs?wait= answered with the job succeeded,
 	// seen by the API client.
 	Client Percentiles `json:"client"`
-	// Create was the POST alone when the client then waited with a GET;
-	// the one POST ?wait= now does both, so it equals Client (kept for
-	// the report's "POST" row and the JSON).
-	Create Percentiles `json:"create"`
 	// Server is the job's created_at → finished_at, both stamped by the
-	// server: commit, push to the agent, ack, run, result, commit.
+	// server: commit, push to the agent, run, result, commit.
 	Server Percentiles `json:"server"`
+	// ServerCPU and AgentCPU are each process's CPU time per measured
+	// round trip.
+	ServerCPU time.Duration `json:"server_cpu_per_op_ns"`
+	AgentCPU  time.Duration `json:"agent_cpu_per_op_ns"`
 }
 
-// RoundTripEnv is a running server with one real agent connected to it
-// over the real TLS WebSocket, and an API client (Server, Client and
-// Machine).
-type RoundTripEnv struct {
-	inProcess
+// RoundTripEnv is a server process with one real agent process connected
+// to it, and an API client.
+type RoundTripEnv struct{ *world }
 
-	tmp string // the data directory, when it is a temporary one
-}
-
-// StartRoundTrip starts an in-process server on a loopback port, enrolls
-// a real agent (agent.Enroll) and runs it (agent.Agent) until it is
-// connected.
+// StartRoundTrip starts `deskrun server` on a loopback port, enrolls an
+// agent and runs it (`deskrun agent run`) until it is connected.
 func StartRoundTrip(ctx context.Context, o RoundTripOptions) (_ *RoundTripEnv, err error) {
-	env := &RoundTripEnv{}
-	defer func() {
-		if err != nil {
-			env.Close()
-		}
-	}()
-	data := o.Data
-	if data == "" {
-		if env.tmp, err = os.MkdirTemp("", "deskrun-bench-"); err != nil {
-			return nil, err
-		}
-		data = env.tmp
-	}
-	err = env.start(ctx, inProcessOptions{ServerData: filepath.Join(data, "server"), AgentState: filepath.Join(data, "agent"),
-		AgentName: "bench-agent", SQLiteSync: o.SQLiteSync, Log: o.Log})
+	env := &RoundTripEnv{&world{}}
+	err = env.start(ctx, worldOptions{Command: o.Command, Env: o.Env, Data: o.Data, SQLiteSync: o.SQLiteSync, AgentName: "bench-agent"})
 	if err != nil {
+		env.Close()
 		return nil, err
 	}
 	return env, nil
@@ -96,12 +76,7 @@ func (e *RoundTripEnv) Once(ctx context.Context) (Sample, error) {
 }
 
 // Close stops the agent and the server and removes temporary data.
-func (e *RoundTripEnv) Close() {
-	e.stop()
-	if e.tmp != "" {
-		_ = os.RemoveAll(e.tmp)
-	}
-}
+func (e *RoundTripEnv) Close() { _ = e.stop() }
 
 // RoundTrip measures o.N sequential no-op job round trips.
 func RoundTrip(ctx context.Context, o RoundTripOptions) (*RoundTripResult, error) {
@@ -113,20 +88,40 @@ func RoundTrip(ctx context.Context, o RoundTripOptions) (*RoundTripResult, error
 		return nil, err
 	}
 	defer env.Close()
-	for range o.Warmup {
-		if _, err := env.Once(ctx); err != nil {
+	return env.measure(ctx, o.N, o.Warmup)
+}
+
+func (e *RoundTripEnv) measure(ctx context.Context, n, warmup int) (*RoundTripResult, error) {
+	for range warmup {
+		if _, err := e.Once(ctx); err != nil {
 			return nil, err
 		}
 	}
-	cs := make([]time.Duration, 0, o.N)
-	ss := make([]time.Duration, 0, o.N)
-	for range o.N {
-		s, err := env.Once(ctx)
+	s0, _, err := e.Server.CPU()
+	if err != nil {
+		return nil, err
+	}
+	a0, _, err := e.Agent.CPU()
+	if err != nil {
+		return nil, err
+	}
+	cs := make([]time.Duration, 0, n)
+	ss := make([]time.Duration, 0, n)
+	for range n {
+		s, err := e.Once(ctx)
 		if err != nil {
 			return nil, err
 		}
 		cs, ss = append(cs, s.Client), append(ss, s.Server)
 	}
-	c := Summarize(cs)
-	return &RoundTripResult{SQLiteSync: env.Server.Config.SQLiteSync, Client: c, Create: c, Server: Summarize(ss)}, nil
+	s1, _, err := e.Server.CPU()
+	if err != nil {
+		return nil, err
+	}
+	a1, _, err := e.Agent.CPU()
+	if err != nil {
+		return nil, err
+	}
+	return &RoundTripResult{SQLiteSync: e.SQLiteSync, Client: Summarize(cs), Server: Summarize(ss),
+		ServerCPU: (s1 - s0) / time.Duration(n), AgentCPU: (a1 - a0) / time.Duration(n)}, nil
 }

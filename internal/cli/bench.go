@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -20,37 +21,42 @@ func newBenchCmd(a *app) *cobra.Command {
 		asJSON                     bool
 		hashes                     []string
 		users, slots, submitters   int
-		cpuProfile                 string
+		profileDir                 string
+		machines                   int
+		concurrency                []int
+		step                       time.Duration
+		out                        string
+		quick                      bool
+		only                       []string
+		sizes                      []int
 	)
 	c := &cobra.Command{
-		Use:   "bench --scenario roundtrip|agents|run|burst|flow|limits",
-		Short: "Measure job latency, idle-agent cost and desktop-flow run starts on this machine (loopback)",
-		Long: `Measure deskrun on this machine, over real loopback sockets. BENCHMARKS.md has the
-numbers and how they were taken.
+		Use:   "bench [--scenario all|limits|roundtrip|noop|run|burst|flow|growth|agents]",
+		Short: "Measure deskrun on this machine against its limits (issue #9's suite; BENCHMARKS.md)",
+		Long: `Measure deskrun on this machine: a real ` + "`deskrun server`" + ` and ` + "`deskrun agent`" + `
+as their own processes, over real TLS sockets on 127.0.0.1, on a temporary data directory
+(--data to choose its file system). BENCHMARKS.md has the numbers and the targets.
 
-  roundtrip  starts a server and a real agent in this process and times N no-op jobs:
-             POST /api/v1/jobs, then GET /api/v1/jobs/{id}?wait= until it succeeded
-             (client side), and the job's created_at → finished_at (server side).
-  agents     starts ` + "`deskrun server`" + ` as its own process, enrolls and connects N
-             simulated agents over TLS WebSockets (real handshake), lets them idle with
-             heartbeats, and reports the server's RSS/PSS per agent and heartbeat CPU.
-  run        (root) creates local users with SHA-512 and yescrypt passwords (drb_*, deleted
-             after), a private PAM stack, a server and a real agent in this process, and
-             times N sequential desktop-flow runs per user: the API trigger → the flow's
-             first command as the user, with the stages (queue, push, logon, session,
-             spawn) from the run's timestamps and the agent's timings.
-  burst      (root) submits N runs at once across --users SHA-512 users to one machine
-             with --slots slots and reports starts per second (--cpuprofile for a profile).
-  flow       (root) one SHA-512 user; applies a cloud flow with a webhook trigger and one
-             desktop step, then alternates N signed POST /hooks/{id} deliveries with N
-             direct runs of the same desktop flow and reports webhook → process start
-             against trigger → process start, and what the flow layer adds.
-  limits     the parts the figures above are made of, each alone, N times: a SQLite
-             1-row commit (the store's DSN, synchronous FULL and NORMAL, in --data),
-             a TLS WebSocket push and ack on 127.0.0.1, and as root fork/exec of
-             /bin/true (as root and as a user through setuid) and a raw PAM logon
-             (SHA-512 and yescrypt users, drb_*, deleted after); then which product
-             figure is compared to which sum of limits.`,
+  all        (default) every scenario below, then one table: each figure, its target,
+             and the figure as a multiple of the limit measured in the same run.
+             --out FILE writes the whole report as JSON; --quick is CI's seconds-long size.
+  limits     the parts the figures are made of, each alone: a SQLite 1-row commit
+             (FULL, NORMAL), a TLS WebSocket push and answer, (root) fork/exec of
+             /bin/true as root and as a user through setuid, a raw PAM logon (SHA-512,
+             yescrypt).
+  roundtrip  N no-op jobs, one at a time: client (POST /api/v1/jobs?wait=) and server
+             (created_at → finished_at) latency, CPU per job of each process.
+  noop       durable no-op desktop-flow runs/s: simulated agents whose executor does
+             nothing, the server doing everything it does for a real run; closed-loop
+             levels (--concurrency) until runs/s stops growing; stages and CPU per run.
+  run        (root) N sequential runs per user (SHA-512 and yescrypt, drb_*, deleted
+             after): trigger → the flow's first command as the user, with the stages.
+  burst      (root) N runs at once across --users users on --slots slots: starts/s.
+  flow       (root) signed webhook → desktop step's process, against direct runs.
+  growth     the round trip and (root) the run start with 0, 100k and 1M finished runs
+             in the store (--sizes), written into it between steps.
+  agents     N simulated idle agents (--agents, a list): the server's memory per agent
+             and heartbeat CPU.`,
 		Args: cobra.NoArgs,
 		// Hidden: a developer's tool, documented in BENCHMARKS.md rather
 		// than in the help of every user.
@@ -60,6 +66,34 @@ numbers and how they were taken.
 			var progress = a.io.Err
 			var res any
 			switch scenario {
+			case "all":
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				r, err := bench.Suite(ctx, bench.SuiteOptions{Executable: exe, Data: data, SQLiteSync: sqliteSync, Quick: quick,
+					Only: only, ProfileDir: profileDir, Progress: progress})
+				if err != nil {
+					return err
+				}
+				res = r
+				if out != "" {
+					b, err := json.MarshalIndent(r, "", "  ")
+					if err != nil {
+						return err
+					}
+					if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
+						return err
+					}
+				}
+				if !asJSON {
+					if err := r.WriteTable(a.io.Out); err != nil {
+						return err
+					}
+					if out != "" {
+						fmt.Fprintf(a.io.Out, "full results: %s\n", out)
+					}
+				}
 			case "limits":
 				if asJSON {
 					progress = nil
@@ -78,14 +112,41 @@ numbers and how they were taken.
 				if !asJSON {
 					printLimits(a.io.Out, r)
 				}
-			case "roundtrip":
-				r, err := bench.RoundTrip(ctx, bench.RoundTripOptions{N: n, Warmup: warmup, Data: data, SQLiteSync: sqliteSync})
+			case "growth":
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				if !cmd.Flags().Changed("n") {
+					n = 1000
+				}
+				if !cmd.Flags().Changed("warmup") {
+					warmup = 20
+				}
+				r, err := bench.Growth(ctx, bench.GrowthOptions{Sizes: sizes, N: n, RunN: n / 10, Warmup: warmup,
+					Desktop: bench.DesktopEnvOptions{Executable: exe, Data: data, SQLiteSync: sqliteSync, Progress: progress}})
 				if err != nil {
 					return err
 				}
 				res = r
 				if !asJSON {
-					fmt.Fprintf(a.io.Out, "job round trip, sqlite %s\n  client: %s\n  POST:   %s\n  server: %s\n", r.SQLiteSync, r.Client, r.Create, r.Server)
+					if err := (&bench.Report{Growth: r}).WriteTable(a.io.Out); err != nil {
+						return err
+					}
+				}
+			case "roundtrip":
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				r, err := bench.RoundTrip(ctx, bench.RoundTripOptions{N: n, Warmup: warmup, Command: []string{exe}, Data: data, SQLiteSync: sqliteSync})
+				if err != nil {
+					return err
+				}
+				res = r
+				if !asJSON {
+					fmt.Fprintf(a.io.Out, "job round trip, sqlite %s\n  client: %s\n  server: %s\n  CPU per job: server %s, agent %s\n",
+						r.SQLiteSync, r.Client, r.Server, r.ServerCPU, r.AgentCPU)
 				}
 			case "agents":
 				exe, err := os.Executable()
@@ -108,6 +169,23 @@ numbers and how they were taken.
 					fmt.Fprintf(a.io.Out, "  heartbeat CPU: %.2f%% of a core (%d beats in %s, %s each); %.3f%% per 1,000 agents at 10 s\n",
 						r.CPUPercent, r.Heartbeats, r.CPUWindow, r.CPUPerHeartbeat, r.CPUPercentPer1000At10s)
 				}
+			case "noop":
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					progress = nil
+				}
+				r, err := bench.NoopRuns(ctx, bench.NoopRunsOptions{Command: []string{exe}, Data: data, SQLiteSync: sqliteSync,
+					Machines: machines, Slots: slots, Concurrency: concurrency, Step: step, ProfileDir: profileDir, Progress: progress})
+				if err != nil {
+					return err
+				}
+				res = r
+				if !asJSON {
+					printNoop(a.io.Out, r)
+				}
 			case "run", "burst", "flow":
 				exe, err := os.Executable()
 				if err != nil {
@@ -122,7 +200,7 @@ numbers and how they were taken.
 				if !cmd.Flags().Changed("warmup") {
 					warmup = 5
 				}
-				env := bench.DesktopEnvOptions{Executable: exe, Data: data, SQLiteSync: sqliteSync, Progress: progress}
+				env := bench.DesktopEnvOptions{Executable: exe, Data: data, SQLiteSync: sqliteSync, ProfileDir: profileDir, Progress: progress}
 				switch scenario {
 				case "flow":
 					r, err := bench.Flow(ctx, bench.FlowOptions{N: n, Warmup: warmup, Env: env})
@@ -143,17 +221,17 @@ numbers and how they were taken.
 						printRunStart(a.io.Out, r)
 					}
 				default:
-					r, err := bench.Burst(ctx, bench.BurstOptions{N: n, Users: users, Slots: slots, Submitters: submitters, CPUProfile: cpuProfile, Env: env})
+					r, err := bench.Burst(ctx, bench.BurstOptions{N: n, Users: users, Slots: slots, Submitters: submitters, Env: env})
 					if err != nil {
 						return err
 					}
 					res = r
 					if !asJSON {
-						printBurst(a.io.Out, r, cpuProfile)
+						printBurst(a.io.Out, r, profileDir)
 					}
 				}
 			default:
-				return usagef("--scenario must be roundtrip, agents, run, burst, flow or limits, not %q", scenario)
+				return usagef("--scenario must be all, limits, roundtrip, noop, run, burst, flow, growth or agents, not %q", scenario)
 			}
 			if asJSON {
 				return printJSON(a.io.Out, map[string]any{"scenario": scenario, "result": res})
@@ -162,7 +240,7 @@ numbers and how they were taken.
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&scenario, "scenario", "roundtrip", "roundtrip, agents, run, burst, flow or limits")
+	f.StringVar(&scenario, "scenario", "all", "all, limits, roundtrip, noop, run, burst, flow, growth or agents")
 	f.IntVar(&n, "n", 2000, "roundtrip: measured round trips; run: runs per user (default 200); burst: runs (default 1000); flow: webhook and direct runs each (default 200); limits: iterations per case (default 200)")
 	f.IntVar(&warmup, "warmup", 100, "roundtrip: unmeasured round trips first; run, flow: unmeasured runs per user / of each kind (default 5); limits: per case (default 5)")
 	f.StringVar(&sqliteSync, "sqlite-sync", "FULL", "roundtrip, run, burst, flow: SQLite synchronous mode, FULL or NORMAL")
@@ -170,10 +248,17 @@ numbers and how they were taken.
 	f.IntVar(&users, "users", 8, "burst: SHA-512 users, one connection each")
 	f.IntVar(&slots, "slots", 8, "burst: the machine's slots")
 	f.IntVar(&submitters, "submitters", 32, "burst: concurrent API clients submitting")
-	f.StringVar(&cpuProfile, "cpuprofile", "", "burst: write a CPU profile of the process (server + agent) to this file")
+	f.IntVar(&machines, "machines", 4, "noop: simulated machines")
+	f.IntSliceVar(&concurrency, "concurrency", []int{8, 32, 128, 512}, "noop: closed-loop levels (concurrent clients), ramped until runs/s stops growing")
+	f.DurationVar(&step, "step", 5*time.Second, "noop: how long each level runs")
+	f.StringVar(&profileDir, "profile-dir", "", "noop, run, burst, flow: write CPU profiles of the server and agent processes here (server.pprof, agent.pprof)")
 	f.IntVar(&agents, "agents", 2000, "agents: simulated agents")
 	f.DurationVar(&heartbeat, "heartbeat", time.Second, "agents: heartbeat interval")
 	f.DurationVar(&cpuWindow, "cpu-window", 10*time.Second, "agents: how long server CPU is sampled")
+	f.IntSliceVar(&sizes, "sizes", []int{0, 100_000, 1_000_000}, "growth: finished runs in the store at each step")
+	f.StringVar(&out, "out", "", "all: also write the whole report as JSON to this file")
+	f.BoolVar(&quick, "quick", false, "all: every scenario at a size that takes seconds (CI; the figures mean little)")
+	f.StringSliceVar(&only, "only", nil, "all: run only these scenarios (limits, roundtrip, noop, run, burst, flow, growth, agents)")
 	f.StringVar(&data, "data", "", "server data directory, or limits' SQLite files (default: a temporary one, removed after)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return c
@@ -214,12 +299,29 @@ func printBurst(w io.Writer, r *bench.BurstResult, profile string) {
 	fmt.Fprintf(w, "  submitted in %s (%.0f/s); first start %s, last start %s: %.0f starts/s (target ≥ %.0f: %s); last finish %s\n",
 		r.Submitted.Round(time.Millisecond), r.SubmitPerSec, r.FirstStart.Round(time.Millisecond), r.LastStart.Round(time.Millisecond),
 		r.StartsPerSec, bench.TargetStartsPS, metOrNot(r.Met), r.LastFinish.Round(time.Millisecond))
-	fmt.Fprintf(w, "  CPU over %s: this process %s, children %s; machine %.0f%% busy (%d cores)\n",
-		r.Wall.Round(time.Millisecond), r.ProcessCPU.Round(time.Millisecond), r.ChildrenCPU.Round(time.Millisecond), r.MachineBusy, r.Cores)
+	fmt.Fprintf(w, "  CPU over %s: server %s, agent %s, the runs' processes %s, API clients %s; machine %.0f%% busy (%d cores)\n",
+		r.Wall.Round(time.Millisecond), r.ServerCPU.Round(time.Millisecond), r.AgentCPU.Round(time.Millisecond),
+		r.RunsCPU.Round(time.Millisecond), r.BenchCPU.Round(time.Millisecond), r.MachineBusy, r.Cores)
 	fmt.Fprintln(w, "  per run, under load:")
 	printStages(w, r.Stages)
 	if profile != "" {
-		fmt.Fprintf(w, "  CPU profile: go tool pprof -top %s\n", profile)
+		fmt.Fprintf(w, "  CPU profiles: go tool pprof -top %s/server.pprof (and agent.pprof)\n", profile)
+	}
+}
+
+func printNoop(w io.Writer, r *bench.NoopRunsResult) {
+	fmt.Fprintf(w, "durable no-op runs: %d simulated machines × %d slots, sqlite %s\n", r.Machines, r.Slots, r.SQLiteSync)
+	for _, l := range r.Levels {
+		fmt.Fprintf(w, "  %4d concurrent: %6.0f runs/s (%d runs, %d failed); server CPU %s/run, bench %s/run\n",
+			l.Concurrency, l.RunsPerSec, l.Runs, l.Failed, l.ServerCPU.Round(time.Microsecond), l.BenchCPU.Round(time.Microsecond))
+	}
+	s := r.Saturation
+	fmt.Fprintf(w, "  saturation: %.0f runs/s at %d concurrent (target ≥ %.0f: %s)\n", s.RunsPerSec, s.Concurrency, bench.TargetNoopRunsPS, metOrNot(r.Met))
+	for _, row := range []struct {
+		name string
+		p    bench.Percentiles
+	}{{"latency", s.Latency}, {"queue", s.Queue}, {"push", s.Push}, {"finish", s.Finish}, {"in-server", s.InServer}} {
+		fmt.Fprintf(w, "    %-9s %s\n", row.name, row.p)
 	}
 }
 
