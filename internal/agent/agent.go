@@ -52,9 +52,9 @@ type Agent struct {
 	// FetchPackage, if set, replaces the signed HTTPS download of a desktop
 	// flow's package by digest (tests).
 	FetchPackage func(ctx context.Context, digest string) ([]byte, error)
-	// RunAsExecutable is the deskrun binary re-executed to drop to a run's
-	// user (runas.Spec.Executable); empty means this process's binary.
-	RunAsExecutable string
+	// ReaperExecutable is the deskrun binary the reaper (ReapRuns) is
+	// started from; empty means this process's binary.
+	ReaperExecutable string
 	// ReapRuns starts the reaper (runas.Reaper), a root helper that kills
 	// the runs' processes if the agent dies. The CLI sets it; an agent
 	// inside a test binary must not, since the helper re-executes the
@@ -140,7 +140,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.ReapRuns && os.Geteuid() == 0 {
 		// Runs die with the agent, even on kill -9: see runas.Reaper.
-		if r, err := runas.StartReaper(a.RunAsExecutable); err != nil {
+		if r, err := runas.StartReaper(a.ReaperExecutable); err != nil {
 			a.Log.Warn("no reaper: a run's processes would outlive a killed agent", "err", err)
 		} else {
 			a.reaper = r

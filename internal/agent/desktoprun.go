@@ -201,17 +201,16 @@ func (a *Agent) desktopRun(ctx context.Context, raw json.RawMessage, progress fu
 		timeout = defaultRunTimeout
 	}
 	spec := runas.Spec{
-		Identity:   id,
-		Dir:        filepath.Join(runDir, "work"),
-		Env:        env,
-		Path:       "/bin/sh",
-		Args:       []string{"-c", p.Run},
-		Stdout:     logs.writer("stdout"),
-		Stderr:     logs.writer("stderr"),
-		Timeout:    timeout,
-		Executable: a.RunAsExecutable,
-		Logger:     a.Log,
-		Reaper:     a.reaper,
+		Identity: id,
+		Dir:      filepath.Join(runDir, "work"),
+		Env:      env,
+		Path:     "/bin/sh",
+		Args:     []string{"-c", p.Run},
+		Stdout:   logs.writer("stdout"),
+		Stderr:   logs.writer("stderr"),
+		Timeout:  timeout,
+		Logger:   a.Log,
+		Reaper:   a.reaper,
 		// The screen is captured while the flow's windows still exist:
 		// when the run is killed, when the flow failed, or when asked.
 		BeforeKill: func(cause error) {

@@ -43,8 +43,7 @@ const runPassword = "Run-Secret-42!"
 var runFx struct {
 	once  sync.Once
 	err   error
-	base  string // 0711, root's: binary, home, PAM stack, state
-	bin   string
+	base  string // 0711, root's: home, PAM stack, state
 	user  string
 	uid   uint32
 	gid   uint32
@@ -83,10 +82,6 @@ func setupRunFixture() error {
 	runFx.base = base
 	if err := os.Chmod(base, 0o711); err != nil {
 		return err
-	}
-	runFx.bin = filepath.Join(base, "deskrun")
-	if out, err := exec.Command("go", "build", "-o", runFx.bin, "github.com/deskrun/deskrun/cmd/deskrun").CombinedOutput(); err != nil {
-		return fmt.Errorf("go build deskrun: %v\n%s", err, out)
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
@@ -156,7 +151,7 @@ func newRunHarness(t *testing.T, files map[string]string) *runHarness {
 	h.pkg, h.digest = pack(t, files)
 	h.a = &Agent{
 		StateDir: state, Log: slog.New(slog.DiscardHandler), Info: HostInfo(DefaultHostFiles, 1),
-		Logon: pam.New(pam.Config{Stack: runFx.stack}), RunAsExecutable: runFx.bin,
+		Logon:      pam.New(pam.Config{Stack: runFx.stack}),
 		id:         &Identity{MachineID: "m_run_test", Name: "run-test", SigningKey: k.signing, SealKey: k.seal.Private},
 		sealPublic: k.seal.Public,
 	}

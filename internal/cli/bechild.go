@@ -8,29 +8,18 @@ import (
 	"github.com/deskrun/deskrun/internal/runas"
 )
 
-// newBeChildCmd is the hidden `deskrun be-child` family: modes in which
-// the agent re-executes itself to do one privileged-then-dropped thing.
-// Never started by hand; the parent speaks to the child over inherited
-// file descriptors, not argv or the environment.
+// newBeChildCmd is the hidden `deskrun be-child` family: helper processes
+// the agent starts from its own binary. Never started by hand; the parent
+// speaks to the child over inherited file descriptors, not argv or the
+// environment. (Commands run as a user need no such helper: runas starts
+// them with the Go runtime's fork/exec.)
 func newBeChildCmd(_ *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:    "be-child",
-		Short:  "Internal: modes the agent re-executes itself in",
+		Short:  "Internal: helper processes the agent starts from its own binary",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 	}
-	c.AddCommand(&cobra.Command{
-		Use:                "runas",
-		Short:              "Internal: drop to a user and run a command (see internal/runas)",
-		Args:               cobra.NoArgs,
-		DisableFlagParsing: true,
-		RunE: func(*cobra.Command, []string) error {
-			// BeChild returns only when it could not start the command; on
-			// success the command has replaced this process.
-			os.Exit(runas.BeChild())
-			return nil
-		},
-	})
 	c.AddCommand(&cobra.Command{
 		Use:                "reaper",
 		Short:              "Internal: kill the agent's runs when the agent dies (see runas.Reaper)",

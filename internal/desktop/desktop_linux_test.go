@@ -237,10 +237,6 @@ func TestFailingFlowOnDisplay(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/xmessage"); err != nil {
 		t.Skip("needs xmessage (apt-get install x11-apps)")
 	}
-	bin := filepath.Join(t.TempDir(), "deskrun")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/deskrun/deskrun/cmd/deskrun").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-
 	d, err := Start(context.Background(), Options{UID: u.UID, GID: u.GID, Dir: u.Dir, Width: 800, Height: 600})
 	require.NoError(t, err)
 	defer d.Close()
@@ -254,7 +250,7 @@ func TestFailingFlowOnDisplay(t *testing.T) {
 	p, err := runas.Start(context.Background(), runas.Spec{
 		Identity: identity.Identity{Username: "flow", UID: u.UID, GID: u.GID, Home: u.Home, Shell: "/bin/sh"},
 		Dir:      u.Dir, Path: "sh", Args: []string{"-c", script}, Env: d.Env(),
-		Stderr: &stderr, Executable: bin, Timeout: 30 * time.Second,
+		Stderr: &stderr, Timeout: 30 * time.Second,
 		BeforeKill: func(error) { shot, shotErr = d.ScreenshotPNG(context.Background()) },
 	})
 	require.NoError(t, err)

@@ -1,15 +1,22 @@
 // Package runas runs a command as another operating-system user, the way a
 // desktop-flow run needs it: the privileged agent never changes its own
-// credentials. It re-executes its own binary in a hidden child mode
-// (`deskrun be-child runas`) that receives the command over a pipe, sets
-// exactly the user's groups, gid and uid, proves it cannot become root
-// again, changes to the run's directory and replaces itself with the
-// command, in a clean environment.
+// credentials. The Go runtime's fork/exec switches them in the forked child,
+// between fork and exec: exactly the user's groups, then the gid, then the
+// uid, then the run's directory (so the user's permissions apply to it), in
+// a clean environment. The command is traced until its exec: stopped before
+// its first instruction, its credentials are read from /proc and checked —
+// the user's ids, exactly the user's groups, no capability left — and only
+// then is it let go. Anything else kills it.
+//
+// This replaced re-executing the deskrun binary as a child that dropped
+// privileges itself: that re-exec cost 7–15 ms per run (Go runtime start and
+// package init of a 40 MB binary), the fork/exec and the check well under
+// one.
 //
 // The command runs in its own process group and, where cgroup v2 is
-// writable, in its own cgroup: a timeout, a cancel or Kill ends the whole
-// tree (grandchildren included), and so does the end of the command itself,
-// so a run leaves nothing behind.
+// writable, in its own cgroup, which it enters at clone time: a timeout, a
+// cancel or Kill ends the whole tree (grandchildren included), and so does
+// the end of the command itself, so a run leaves nothing behind.
 package runas
 
 import (
@@ -18,6 +25,7 @@ import (
 	"io"
 	"log/slog"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -35,8 +43,11 @@ type Spec struct {
 	// Env is added to the clean environment of BaseEnv and wins over it.
 	// Nothing of the agent's own environment reaches the command.
 	Env []string
-	// Path is the command; without a slash it is looked up, as the user, in
-	// the PATH of the command's environment.
+	// Path is the command; without a slash it is looked up in the PATH of
+	// the command's environment, as the user: only a regular file the user
+	// may execute, in directories the user may search, is chosen. Its exec
+	// is traced, so a set-user-ID bit or file capabilities of Path give it
+	// nothing, as on a nosuid mount (what it starts in turn is not traced).
 	Path string
 	// Args are the arguments after the command (argv[0] is Path).
 	Args []string
@@ -53,10 +64,6 @@ type Spec struct {
 	// NoCgroup keeps the run in a process group only, even where a cgroup
 	// could be made.
 	NoCgroup bool
-	// Executable is the deskrun binary to re-execute; empty means
-	// os.Executable(). Tests point it at a freshly built binary. It must not
-	// be writable by anyone but root: it runs as root until the drop.
-	Executable string
 	// BeforeKill, if set, is called once, before the tree is killed: with
 	// nil when the command has exited by itself (what it started still
 	// runs), or with ErrTimeout, ErrCancelled or ErrKilled (the command
@@ -83,39 +90,37 @@ var (
 	ErrRunAsRoot = errors.New("runas: refusing to run as root (set AllowRoot to permit it)")
 	// ErrNotRoot: the agent is not root, so it can run commands only as itself.
 	ErrNotRoot = errors.New("runas: not running as root, so commands can run only as the current user")
-	// ErrRegainedRoot: the child dropped to the user but could still become
-	// root again; nothing was run.
-	ErrRegainedRoot = errors.New("runas: child could regain root after dropping privileges")
+	// ErrRegainedRoot: the command would have started with more than the
+	// user's credentials (other ids or groups, capabilities left), or the
+	// agent's securebits would let it keep capabilities. It was killed
+	// before its first instruction, or not started.
+	ErrRegainedRoot = errors.New("runas: the command could have run with more than the user's credentials")
 	// ErrUnsupported: this operating system has no runas yet.
 	ErrUnsupported = errors.New("runas: not supported on this operating system")
 )
 
-// ChildError is a failure of the child before the command started: it
-// says which step failed (Step* constants). Nothing of the command ran.
+// ChildError is a failure to start the command as the user: it says which
+// step failed (Step* constants). Nothing of the command ran.
 type ChildError struct {
-	Step    string `json:"step"`
-	Message string `json:"message"`
+	Step    string
+	Message string
 }
 
-// Steps of the child, in order.
+// Steps of a start.
 const (
-	StepReadSpec    = "read-spec"
-	StepSetgroups   = "setgroups"
-	StepSetgid      = "setgid"
-	StepSetuid      = "setuid"
-	StepVerify      = "verify-credentials"
-	StepRegainRoot  = "regain-root"
-	StepChdir       = "chdir"
-	StepLookPath    = "lookpath"
-	StepExec        = "exec"
-	StepUnsupported = "unsupported"
+	StepChdir      = "chdir"              // the run's directory is missing, or the user cannot enter it
+	StepLookPath   = "lookpath"           // no command of that name the user may execute in PATH
+	StepExec       = "exec"               // the forked child could not set the credentials or exec
+	StepVerify     = "verify-credentials" // the started command has other ids or groups than the user's
+	StepRegainRoot = "regain-root"        // it has root's ids or capabilities, or could keep them
 )
 
-func (e *ChildError) Error() string { return "runas child: " + e.Step + ": " + e.Message }
+func (e *ChildError) Error() string { return "runas: " + e.Step + ": " + e.Message }
 
-// Is makes errors.Is(err, ErrRegainedRoot) true for the regain-root step.
+// Is makes errors.Is(err, ErrRegainedRoot) true when the credentials were
+// found wrong (StepVerify, StepRegainRoot).
 func (e *ChildError) Is(target error) bool {
-	return target == ErrRegainedRoot && e.Step == StepRegainRoot
+	return target == ErrRegainedRoot && (e.Step == StepRegainRoot || e.Step == StepVerify)
 }
 
 // Containment says how a run's process tree is held together and killed.
@@ -202,57 +207,58 @@ func groupList(id identity.Identity) []uint32 {
 	return out
 }
 
-// childSpec is what the parent sends the child over fd 3, as JSON.
-type childSpec struct {
-	Drop      bool     `json:"drop"` // change credentials (the parent is root)
-	UID       uint32   `json:"uid"`
-	GID       uint32   `json:"gid"`
-	Groups    []uint32 `json:"groups"`
-	AllowRoot bool     `json:"allow_root"`
-	Dir       string   `json:"dir"`
-	Path      string   `json:"path"`
-	Args      []string `json:"args"` // full argv, argv[0] included
-	Env       []string `json:"env"`
+// launch is a Spec checked and resolved into what the fork/exec needs.
+type launch struct {
+	Drop   bool // change credentials (the agent is root)
+	UID    uint32
+	GID    uint32
+	Groups []uint32 // exactly the user's, GID included (groupList)
+	Dir    string   // absolute
+	Path   string   // as in Spec: looked up at Start
+	Args   []string // full argv, argv[0] included
+	Env    []string
 }
 
-// plan turns a Spec into the child's instructions, for a parent whose
-// effective uid and gid are euid and egid.
+// plan turns a Spec into a launch, for an agent whose effective uid and
+// gid are euid and egid.
 //
 // WARNING: security-sensitive (who may run as whom). Run
-// go test ./internal/runas -run 'TestPlan|TestRunAsUser|TestRefuseRoot' as root.
-func plan(s Spec, euid, egid int) (childSpec, error) {
+// go test ./internal/runas -run 'TestPlan|TestRunAsUser|TestAllowRoot' as root.
+func plan(s Spec, euid, egid int) (launch, error) {
 	id := s.Identity
 	if s.Path == "" {
-		return childSpec{}, errors.New("runas: no command")
+		return launch{}, errors.New("runas: no command")
 	}
 	if id.UID == 0 && !s.AllowRoot {
-		return childSpec{}, ErrRunAsRoot
+		return launch{}, ErrRunAsRoot
 	}
-	if id.Home == "" && s.Dir == "" {
-		return childSpec{}, errors.New("runas: no working directory (Dir) and no home")
+	dir := s.Dir
+	if dir == "" {
+		dir = id.Home
+	}
+	if dir == "" {
+		return launch{}, errors.New("runas: no working directory (Dir) and no home")
+	}
+	if !filepath.IsAbs(dir) {
+		return launch{}, fmt.Errorf("runas: working directory %q is not absolute", dir)
 	}
 	env, err := buildEnv(id, s.Env)
 	if err != nil {
-		return childSpec{}, err
-	}
-	cs := childSpec{
-		Drop:      euid == 0,
-		UID:       id.UID,
-		GID:       id.GID,
-		Groups:    groupList(id),
-		AllowRoot: s.AllowRoot,
-		Dir:       s.Dir,
-		Path:      s.Path,
-		Args:      append([]string{s.Path}, s.Args...),
-		Env:       env,
-	}
-	if cs.Dir == "" {
-		cs.Dir = id.Home
+		return launch{}, err
 	}
 	if euid != 0 && (uint32(euid) != id.UID || uint32(egid) != id.GID) {
-		return childSpec{}, fmt.Errorf("%w (uid %d, asked for %d)", ErrNotRoot, euid, id.UID)
+		return launch{}, fmt.Errorf("%w (uid %d, asked for %d)", ErrNotRoot, euid, id.UID)
 	}
-	return cs, nil
+	return launch{
+		Drop:   euid == 0,
+		UID:    id.UID,
+		GID:    id.GID,
+		Groups: groupList(id),
+		Dir:    dir,
+		Path:   s.Path,
+		Args:   append([]string{s.Path}, s.Args...),
+		Env:    env,
+	}, nil
 }
 
 // Process is a running command. Wait for it exactly as with exec.Cmd: once.
@@ -262,6 +268,7 @@ type Process struct {
 	containment Containment
 	cgroup      string // directory, when containment is ContainCgroup
 	dropped     bool
+	checkTook   time.Duration // the stop at exec and the credential check (BenchmarkStart)
 	log         *slog.Logger
 	reaper      *Reaper
 
@@ -296,7 +303,8 @@ func (p *Process) Containment() Containment { return p.containment }
 // Cgroup is the run's cgroup directory, or "" without one.
 func (p *Process) Cgroup() string { return p.cgroup }
 
-// Dropped reports whether the child changed credentials to the user; false
+// Dropped reports whether the command runs with the user's credentials
+// switched to by the agent (and checked); false
 // when the agent is not root and ran the command as itself.
 func (p *Process) Dropped() bool { return p.dropped }
 

@@ -7,10 +7,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -31,39 +29,7 @@ import (
 	"github.com/deskrun/deskrun/internal/identity"
 )
 
-// The tests re-execute a real deskrun binary, built once per test binary.
-var bin struct {
-	once sync.Once
-	dir  string
-	path string
-	err  error
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if bin.dir != "" {
-		os.RemoveAll(bin.dir)
-	}
-	os.Exit(code)
-}
-
-func deskrunBinary(t *testing.T) string {
-	t.Helper()
-	bin.once.Do(func() {
-		if bin.dir, bin.err = os.MkdirTemp("", "deskrun-runas-bin-"); bin.err != nil {
-			return
-		}
-		bin.path = filepath.Join(bin.dir, "deskrun")
-		out, err := exec.Command("go", "build", "-o", bin.path, "github.com/deskrun/deskrun/cmd/deskrun").CombinedOutput()
-		if err != nil {
-			bin.err = fmt.Errorf("go build deskrun: %v\n%s", err, out)
-		}
-	})
-	require.NoError(t, bin.err)
-	return bin.path
-}
-
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
@@ -81,7 +47,7 @@ type testUser struct {
 
 // newUser creates a real local user with its own primary group and one
 // extra supplementary group, removed when the test ends.
-func newUser(t *testing.T) testUser {
+func newUser(t testing.TB) testUser {
 	t.Helper()
 	requireRoot(t)
 	var b [4]byte
@@ -124,7 +90,7 @@ func newUser(t *testing.T) testUser {
 
 // shadow runs useradd and friends, which fail at once when another test
 // (here or in another package) holds the passwd lock.
-func shadow(t *testing.T, args ...string) {
+func shadow(t testing.TB, args ...string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -139,7 +105,7 @@ func shadow(t *testing.T, args ...string) {
 	}
 }
 
-func atou(t *testing.T, s string) uint32 {
+func atou(t testing.TB, s string) uint32 {
 	n, err := strconv.ParseUint(s, 10, 32)
 	require.NoError(t, err)
 	return uint32(n)
@@ -166,16 +132,36 @@ func run(t *testing.T, ctx context.Context, s Spec) (stdout, stderr string, code
 	return out.String(), errOut.String(), code, err
 }
 
+// statusOf parses the Uid, Gid, Groups and Cap* lines of a
+// /proc/PID/status.
+func statusOf(t *testing.T, status string) map[string][]string {
+	t.Helper()
+	fields := map[string][]string{}
+	for _, line := range strings.Split(status, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && (k == "Uid" || k == "Gid" || k == "Groups" || strings.HasPrefix(k, "Cap")) {
+			fields[k] = strings.Fields(v)
+		}
+	}
+	require.Contains(t, fields, "Uid", status)
+	return fields
+}
+
 func TestRunAsUser(t *testing.T) {
 	u := newUser(t)
-	bin := deskrunBinary(t)
 	t.Setenv("DESKRUN_CANARY", "must-not-leak")
 	dir := runDir(t, u)
 
+	// The command reports its own credentials (those of the shell itself,
+	// $$), tries to become root again, then prints its directory and
+	// environment.
+	script := `cat /proc/$$/status; echo ---
+perl -MPOSIX -e 'print "setuid 0\n" if POSIX::setuid(0); print "setgid 0\n" if POSIX::setgid(0); $> = 0; $) = "0 0"; print "uid $< euid $> egid ", (split / /, $))[0], "\n"'; echo ---
+pwd; echo ---; env`
 	var out, errOut bytes.Buffer
 	p, err := Start(context.Background(), Spec{
-		Identity: u.Identity, Dir: dir, Executable: bin,
-		Path: "sh", Args: []string{"-c", "id -u; id -G; pwd; env"},
+		Identity: u.Identity, Dir: dir,
+		Path: "sh", Args: []string{"-c", script},
 		Env:    []string{"DESKRUN_INPUT_GREETING=hello world"},
 		Stdout: &out, Stderr: &errOut,
 	})
@@ -186,21 +172,29 @@ func TestRunAsUser(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 0, code, "stderr: %s", errOut.String())
 
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	require.GreaterOrEqual(t, len(lines), 4, out.String())
-	require.Equal(t, strconv.Itoa(int(u.UID)), lines[0], "uid")
+	parts := strings.Split(out.String(), "---\n")
+	require.Len(t, parts, 4, out.String())
+	st := statusOf(t, parts[0])
+	uid, gid := strconv.Itoa(int(u.UID)), strconv.Itoa(int(u.GID))
+	require.Equal(t, []string{uid, uid, uid, uid}, st["Uid"], "real, effective, saved and filesystem uid")
+	require.Equal(t, []string{gid, gid, gid, gid}, st["Gid"], "real, effective, saved and filesystem gid")
 	var groups []uint32
-	for _, f := range strings.Fields(lines[1]) {
+	for _, f := range st["Groups"] {
 		groups = append(groups, atou(t, f))
 	}
 	require.NotContains(t, groups, uint32(0), "gid 0 leaked into the groups (the nomad bug)")
 	require.Contains(t, groups, u.GID)
 	require.Contains(t, groups, u.SuppGID, "the user's supplementary group is set")
 	require.ElementsMatch(t, slices.Compact(slices.Sorted(slices.Values(u.Groups))), groups, "exactly the user's groups")
-	require.Equal(t, dir, lines[2], "pwd")
+	for _, c := range []string{"CapPrm", "CapEff", "CapAmb"} {
+		require.Equal(t, []string{"0000000000000000"}, st[c], c)
+	}
+	require.Equal(t, fmt.Sprintf("uid %s euid %s egid %s\n", uid, uid, gid), parts[1], "setuid, setgid, seteuid and setegid to 0 all fail")
+	require.Equal(t, dir+"\n", parts[2], "pwd")
 
+	lines := strings.Split(strings.TrimSpace(parts[3]), "\n")
 	env := map[string]string{}
-	for _, kv := range lines[3:] {
+	for _, kv := range lines {
 		k, v, _ := strings.Cut(kv, "=")
 		env[k] = v
 	}
@@ -224,77 +218,260 @@ func TestRunAsUser(t *testing.T) {
 func TestAllowRoot(t *testing.T) {
 	requireRoot(t)
 	root := identity.Identity{Username: "root", Home: "/root", Shell: "/bin/sh"}
-	_, err := Start(context.Background(), Spec{Identity: root, Path: "id", Executable: deskrunBinary(t)})
+	_, err := Start(context.Background(), Spec{Identity: root, Path: "id"})
 	require.ErrorIs(t, err, ErrRunAsRoot)
 
-	out, _, code, err := run(t, context.Background(), Spec{Identity: root, Path: "id", Args: []string{"-u"}, AllowRoot: true, Executable: deskrunBinary(t)})
+	out, _, code, err := run(t, context.Background(), Spec{Identity: root, Path: "id", Args: []string{"-u"}, AllowRoot: true})
 	require.NoError(t, err)
 	require.Equal(t, 0, code)
 	require.Equal(t, "0\n", out)
 }
 
-// TestChildRefusesRootWithoutFlag speaks the protocol to the child itself:
-// even if a parent forgot the check, the child does not run as root.
-func TestChildRefusesRootWithoutFlag(t *testing.T) {
-	t.Parallel()
-	status := childProtocol(t, childSpec{UID: 0, GID: 0, Dir: "/", Path: "/bin/true", Args: []string{"true"}})
-	require.Equal(t, StepVerify, status.Step)
-	require.Contains(t, status.Message, "refusing to run as root")
+// startIdle starts sleep directly (not through runas), with cred if set,
+// and kills it when the test ends.
+func startIdle(t *testing.T, cred *syscall.Credential) int {
+	t.Helper()
+	cmd := exec.Command("sleep", "300")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd.Process.Pid
 }
 
-// childProtocol starts `deskrun be-child runas` by hand and returns what
-// it reported on the status pipe.
-func childProtocol(t *testing.T, cs childSpec) ChildError {
-	t.Helper()
-	specR, specW, err := os.Pipe()
+// TestVerifyCredentials: the check that lets a started command go refuses
+// one that does not have exactly the user's credentials.
+func TestVerifyCredentials(t *testing.T) {
+	u := newUser(t)
+	l, err := plan(Spec{Identity: u.Identity, Path: "sleep"}, 0, 0)
 	require.NoError(t, err)
-	statR, statW, err := os.Pipe()
+
+	t.Run("the user's", func(t *testing.T) {
+		pid := startIdle(t, &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: l.Groups})
+		require.NoError(t, verifyCredentials(pid, l))
+	})
+	t.Run("root", func(t *testing.T) {
+		pid := startIdle(t, nil) // the test's own child: root, with every capability
+		err := verifyCredentials(pid, l)
+		require.ErrorIs(t, err, ErrRegainedRoot)
+		var ce *ChildError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, StepRegainRoot, ce.Step)
+		require.Contains(t, ce.Message, "CapEff")
+	})
+	t.Run("gid 0 among the groups", func(t *testing.T) {
+		pid := startIdle(t, &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: append(slices.Clone(l.Groups), 0)})
+		err := verifyCredentials(pid, l)
+		var ce *ChildError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, StepRegainRoot, ce.Step, "%v", err)
+	})
+	t.Run("a group missing", func(t *testing.T) {
+		pid := startIdle(t, &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{u.GID}})
+		err := verifyCredentials(pid, l)
+		require.ErrorIs(t, err, ErrRegainedRoot)
+		var ce *ChildError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, StepVerify, ce.Step, "%v", err)
+		require.Contains(t, ce.Message, "groups")
+	})
+	t.Run("another user", func(t *testing.T) {
+		pid := startIdle(t, &syscall.Credential{Uid: u.UID + 1, Gid: u.GID, Groups: l.Groups})
+		err := verifyCredentials(pid, l)
+		var ce *ChildError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, StepVerify, ce.Step, "%v", err)
+	})
+}
+
+// TestSetuidCommandGetsNoPrivilege: the command's exec is traced, and the
+// kernel does not honour the set-user-ID bit of a file executed under a
+// trace its process asked for as the user. So a set-user-ID copy of touch
+// (executable only by the user's group) runs as the user: it cannot make a
+// file where only root may write.
+func TestSetuidCommandGetsNoPrivilege(t *testing.T) {
+	u := newUser(t)
+	var fs unix.Statfs_t
+	require.NoError(t, unix.Statfs(u.Base, &fs))
+	if fs.Flags&unix.ST_NOSUID != 0 {
+		t.Skipf("%s is mounted nosuid", u.Base)
+	}
+	bin, err := os.ReadFile("/usr/bin/touch")
 	require.NoError(t, err)
-	cmd := exec.Command(deskrunBinary(t), "be-child", "runas")
-	cmd.ExtraFiles = []*os.File{specR, statW}
-	require.NoError(t, cmd.Start())
-	specR.Close()
-	statW.Close()
-	require.NoError(t, json.NewEncoder(specW).Encode(cs))
-	specW.Close()
-	b, err := io.ReadAll(statR)
+	suid := filepath.Join(u.Base, "suid-touch")
+	require.NoError(t, os.WriteFile(suid, bin, 0o700))
+	require.NoError(t, os.Chown(suid, 0, int(u.GID)))
+	require.NoError(t, os.Chmod(suid, 0o750|os.ModeSetuid))
+	marker := filepath.Join(u.Base, "made-by-root")
+
+	_, stderr, code, err := run(t, context.Background(), Spec{Identity: u.Identity, Path: suid, Args: []string{marker}})
 	require.NoError(t, err)
+	require.NotEqual(t, 0, code)
+	require.Contains(t, stderr, "Permission denied")
+	require.NoFileExists(t, marker, "the set-user-ID command ran as root")
+
+	// Untraced, the same file would have run as root.
+	cmd := exec.Command(suid, marker)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: u.Groups}}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.FileExists(t, marker)
+}
+
+// TestStartAsKillsWrongCredentials: when the check at the exec fails, the
+// command is killed before its first instruction, and it can still be
+// waited for. Here the fork sets another uid than the launch expects.
+func TestStartAsKillsWrongCredentials(t *testing.T) {
+	u := newUser(t)
+	l, err := plan(Spec{Identity: u.Identity, Path: "touch"}, 0, 0)
+	require.NoError(t, err)
+	open := filepath.Join(u.Base, "open")
+	require.NoError(t, os.Mkdir(open, 0o777))
+	require.NoError(t, os.Chmod(open, 0o777)) // whoever touch runs as could write here
+	marker := filepath.Join(open, "ran")
+	cmd := exec.Command("touch", marker)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.UID + 1, Gid: u.GID, Groups: l.Groups}}
+
+	_, err = startAs(cmd, l)
+	var ce *ChildError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, StepVerify, ce.Step)
+	require.Contains(t, ce.Message, "uids")
+	require.NotNil(t, cmd.Process)
 	err = cmd.Wait()
 	var ee *exec.ExitError
 	require.ErrorAs(t, err, &ee)
-	require.Equal(t, ChildExitCode, ee.ExitCode())
-	after, ok := strings.CutPrefix(string(b), statusReady)
-	require.True(t, ok, "status %q", b)
-	var ce ChildError
-	require.NoError(t, json.Unmarshal([]byte(after), &ce))
-	return ce
+	require.Equal(t, syscall.SIGKILL, ee.Sys().(syscall.WaitStatus).Signal())
+	require.NoFileExists(t, marker, "the command ran")
+}
+
+// TestNotRootRunsAsItself: an agent that is not root runs commands as
+// itself, untraced, and refuses any other user. The test binary runs
+// itself as the test user for that.
+func TestNotRootRunsAsItself(t *testing.T) {
+	if os.Getenv("DESKRUN_RUNAS_AS_USER") != "" {
+		uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
+		me := identity.Identity{Username: "me", UID: uid, GID: gid, Home: os.Getenv("DESKRUN_RUNAS_AS_USER")}
+		out, _, code, err := run(t, context.Background(), Spec{Identity: me, Path: "sh", Args: []string{"-c", "cat /proc/$$/status"}})
+		require.NoError(t, err)
+		require.Equal(t, 0, code)
+		u := strconv.Itoa(int(uid))
+		require.Equal(t, []string{u, u, u, u}, statusOf(t, out)["Uid"])
+		other := me
+		other.UID++
+		_, err = Start(context.Background(), Spec{Identity: other, Path: "true"})
+		require.ErrorIs(t, err, ErrNotRoot)
+		return
+	}
+	u := newUser(t)
+	self, err := os.ReadFile("/proc/self/exe")
+	require.NoError(t, err)
+	bin := filepath.Join(u.Base, "runas.test")
+	require.NoError(t, os.WriteFile(bin, self, 0o755))
+	cmd := exec.Command(bin, "-test.run", "^TestNotRootRunsAsItself$", "-test.v")
+	cmd.Env = []string{"DESKRUN_RUNAS_AS_USER=" + u.Home, "PATH=" + DefaultPath}
+	cmd.Dir = u.Home
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: u.Groups}}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "--- PASS: TestNotRootRunsAsItself")
+}
+
+// TestRefuseKeptCapabilities: a thread whose securebits keep capabilities
+// through setuid does not start a command.
+func TestRefuseKeptCapabilities(t *testing.T) {
+	u := newUser(t)
+	type result struct{ prctl, start error }
+	done := make(chan result, 1)
+	go func() {
+		// Never unlocked: the thread ends with this goroutine, and its
+		// securebits with it.
+		runtime.LockOSThread()
+		if err := unix.Prctl(unix.PR_SET_KEEPCAPS, 1, 0, 0, 0); err != nil {
+			done <- result{prctl: err}
+			return
+		}
+		p, err := Start(context.Background(), Spec{Identity: u.Identity, Path: "/bin/true"})
+		if err == nil {
+			_, _ = p.Wait()
+		}
+		done <- result{start: err}
+	}()
+	r := <-done
+	require.NoError(t, r.prctl)
+	require.ErrorIs(t, r.start, ErrRegainedRoot)
+	require.ErrorContains(t, r.start, "KEEP_CAPS")
 }
 
 func TestChildErrors(t *testing.T) {
 	u := newUser(t)
-	bin := deskrunBinary(t)
-	t.Run("no such directory", func(t *testing.T) {
-		_, err := Start(context.Background(), Spec{Identity: u.Identity, Dir: "/nonexistent", Path: "true", Executable: bin})
-		var ce *ChildError
-		require.ErrorAs(t, err, &ce)
-		require.Equal(t, StepChdir, ce.Step)
-	})
-	t.Run("directory the user cannot enter", func(t *testing.T) {
-		_, err := Start(context.Background(), Spec{Identity: u.Identity, Dir: "/root", Path: "true", Executable: bin})
-		var ce *ChildError
-		require.ErrorAs(t, err, &ce)
-		require.Equal(t, StepChdir, ce.Step, "the chdir happens after the drop")
-	})
-	t.Run("no such command", func(t *testing.T) {
-		_, err := Start(context.Background(), Spec{Identity: u.Identity, Path: "no-such-command-drr", Executable: bin})
-		var ce *ChildError
-		require.ErrorAs(t, err, &ce)
-		require.Equal(t, StepLookPath, ce.Step)
-	})
-	t.Run("not deskrun", func(t *testing.T) {
-		_, err := Start(context.Background(), Spec{Identity: u.Identity, Path: "true", Executable: "/bin/true"})
-		require.ErrorContains(t, err, "did not start the command")
-	})
+	notDir := filepath.Join(u.Base, "file")
+	require.NoError(t, os.WriteFile(notDir, nil, 0o644))
+	noExec := filepath.Join(u.Base, "noexec")
+	require.NoError(t, os.WriteFile(noExec, []byte("#!/bin/sh\n"), 0o644))
+	for _, tt := range []struct {
+		name string
+		dir  string
+		path string
+		step string
+	}{
+		{"no such directory", "/nonexistent", "true", StepChdir},
+		{"not a directory", notDir, "true", StepChdir},
+		// Root could enter it: the chdir happens after the drop.
+		{"directory the user cannot enter", "/root", "true", StepChdir},
+		{"no such command", "", "no-such-command-drr", StepLookPath},
+		{"not executable", "", noExec, StepExec},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Start(context.Background(), Spec{Identity: u.Identity, Dir: tt.dir, Path: tt.path})
+			var ce *ChildError
+			require.ErrorAs(t, err, &ce)
+			require.Equal(t, tt.step, ce.Step, "%v", err)
+			require.NotErrorIs(t, err, ErrRegainedRoot)
+		})
+	}
+}
+
+// TestLookPathAsUser: a command without a slash is looked up with the
+// user's permissions, not root's.
+func TestLookPathAsUser(t *testing.T) {
+	u := newUser(t)
+	dirs := map[string]os.FileMode{"rootonly": 0o755, "hidden": 0o700, "user": 0o755}
+	for name, mode := range dirs {
+		d := filepath.Join(u.Base, name)
+		require.NoError(t, os.Mkdir(d, mode))
+		require.NoError(t, os.Chmod(d, mode))
+	}
+	script := func(dir, name string, mode os.FileMode) {
+		p := filepath.Join(u.Base, dir, name)
+		require.NoError(t, os.WriteFile(p, []byte("#!/bin/sh\necho "+dir+"\n"), mode))
+		require.NoError(t, os.Chmod(p, mode))
+	}
+	script("rootonly", "drcmd", 0o700) // only root may execute it
+	script("hidden", "drcmd", 0o755)   // in a directory only root may search
+	script("user", "drcmd", 0o755)
+	script("rootonly", "drgroup", 0o750)
+	require.NoError(t, os.Chown(filepath.Join(u.Base, "rootonly", "drgroup"), 0, int(u.SuppGID)))
+	path := func(dirs ...string) []string {
+		for i, d := range dirs {
+			dirs[i] = filepath.Join(u.Base, d)
+		}
+		return []string{"PATH=" + strings.Join(dirs, ":")}
+	}
+
+	out, _, code, err := run(t, context.Background(), Spec{Identity: u.Identity, Path: "drcmd", Env: path("rootonly", "hidden", "user")})
+	require.NoError(t, err)
+	require.Equal(t, 0, code)
+	require.Equal(t, "user\n", out, "root's files are not chosen")
+
+	out, _, code, err = run(t, context.Background(), Spec{Identity: u.Identity, Path: "drgroup", Env: path("rootonly")})
+	require.NoError(t, err)
+	require.Equal(t, 0, code)
+	require.Equal(t, "rootonly\n", out, "a supplementary group's execute bit counts")
+
+	_, err = Start(context.Background(), Spec{Identity: u.Identity, Path: "drcmd", Env: path("rootonly", "hidden")})
+	var ce *ChildError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, StepLookPath, ce.Step)
 }
 
 // lineWriter sends the first line written to it.
@@ -316,7 +493,7 @@ func startGrandchild(t *testing.T, ctx context.Context, u testUser, noCgroup boo
 	t.Helper()
 	w := &lineWriter{lines: make(chan string, 1)}
 	p, err := Start(ctx, Spec{Identity: u.Identity, Path: "sh", Args: []string{"-c", script},
-		Stdout: w, NoCgroup: noCgroup, Executable: deskrunBinary(t)})
+		Stdout: w, NoCgroup: noCgroup})
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Kill(); _, _ = p.Wait() })
 	select {
@@ -433,7 +610,7 @@ func TestTimeout(t *testing.T) {
 	u := newUser(t)
 	start := time.Now()
 	_, _, code, err := run(t, context.Background(), Spec{Identity: u.Identity, Path: "sleep", Args: []string{"300"},
-		Timeout: 300 * time.Millisecond, Executable: deskrunBinary(t)})
+		Timeout: 300 * time.Millisecond})
 	require.ErrorIs(t, err, ErrTimeout)
 	require.NotErrorIs(t, err, ErrCancelled)
 	require.Equal(t, 128+int(syscall.SIGKILL), code)
@@ -457,7 +634,6 @@ func (w *countingWriter) Write(p []byte) (int, error) { w.n.Add(int64(len(p))); 
 // buffer. If the agent kept them, the bytes allocated would exceed 50 MB.
 func TestOutputDoesNotGrowMemory(t *testing.T) {
 	u := newUser(t)
-	bin := deskrunBinary(t)
 	const size = 50 << 20
 	var out, errOut countingWriter
 	var before, after runtime.MemStats
@@ -465,7 +641,7 @@ func TestOutputDoesNotGrowMemory(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	p, err := Start(context.Background(), Spec{Identity: u.Identity, Path: "sh",
 		Args:   []string{"-c", fmt.Sprintf("head -c %d /dev/zero; head -c %d /dev/zero >&2", size, size)},
-		Stdout: &out, Stderr: &errOut, Executable: bin})
+		Stdout: &out, Stderr: &errOut})
 	require.NoError(t, err)
 	code, err := p.Wait()
 	runtime.ReadMemStats(&after)
@@ -486,7 +662,7 @@ func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk ful
 func TestFailingWriterDoesNotBlockTheCommand(t *testing.T) {
 	u := newUser(t)
 	p, err := Start(context.Background(), Spec{Identity: u.Identity, Path: "head", Args: []string{"-c", "1000000", "/dev/zero"},
-		Stdout: failingWriter{}, Executable: deskrunBinary(t), Timeout: 30 * time.Second})
+		Stdout: failingWriter{}, Timeout: 30 * time.Second})
 	require.NoError(t, err)
 	code, err := p.Wait()
 	require.Equal(t, 0, code, "the command ran to its end")
@@ -522,7 +698,7 @@ func TestRunDir(t *testing.T) {
 	precious := filepath.Join(u.Base, "precious")
 	require.NoError(t, os.MkdirAll(filepath.Join(precious, "sub"), 0o700))
 	require.NoError(t, os.WriteFile(filepath.Join(precious, "file"), []byte("keep"), 0o600))
-	_, _, code, err := run(t, context.Background(), Spec{Identity: u.Identity, Dir: dir, Path: "sh", Executable: deskrunBinary(t),
+	_, _, code, err := run(t, context.Background(), Spec{Identity: u.Identity, Dir: dir, Path: "sh",
 		Args: []string{"-c", fmt.Sprintf("ln -s %s d && ln -s %s/file f && mkdir -p x/y && chmod 000 x", precious, precious)}})
 	require.NoError(t, err)
 	require.Equal(t, 0, code)
@@ -578,7 +754,7 @@ func TestBeforeKill(t *testing.T) {
 			var cause error
 			w := &lineWriter{lines: make(chan string, 1)}
 			p, err := Start(context.Background(), Spec{Identity: u.Identity, Path: "sh", Args: []string{"-c", tt.script},
-				Stdout: w, Timeout: tt.timeout, Executable: deskrunBinary(t),
+				Stdout: w, Timeout: tt.timeout,
 				BeforeKill: func(c error) {
 					calls.Add(1)
 					cause = c
@@ -596,6 +772,32 @@ func TestBeforeKill(t *testing.T) {
 				require.ErrorIs(t, cause, tt.want)
 				require.ErrorIs(t, err, tt.want)
 			}
+		})
+	}
+}
+
+// BenchmarkStart: start /bin/true as a user and wait for it. start-ns/op
+// is Start alone (until the command runs), check-ns/op the part of it
+// spent stopped at the exec while the credentials are checked.
+func BenchmarkStart(b *testing.B) {
+	u := newUser(b)
+	for _, noCgroup := range []bool{false, true} {
+		b.Run(fmt.Sprintf("NoCgroup=%v", noCgroup), func(b *testing.B) {
+			var start, check time.Duration
+			for b.Loop() {
+				t0 := time.Now()
+				p, err := Start(context.Background(), Spec{Identity: u.Identity, Path: "/bin/true", NoCgroup: noCgroup})
+				if err != nil {
+					b.Fatal(err)
+				}
+				start += time.Since(t0)
+				check += p.checkTook
+				if code, err := p.Wait(); err != nil || code != 0 {
+					b.Fatal(code, err)
+				}
+			}
+			b.ReportMetric(float64(start.Nanoseconds())/float64(b.N), "start-ns/op")
+			b.ReportMetric(float64(check.Nanoseconds())/float64(b.N), "check-ns/op")
 		})
 	}
 }

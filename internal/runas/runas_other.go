@@ -2,26 +2,12 @@
 
 package runas
 
-import (
-	"context"
-	"fmt"
-	"os"
-)
-
-// ChildExitCode is the exit status of a child that gave up before starting
-// the command.
-const ChildExitCode = 125
+import "context"
 
 type sysState struct{}
 
 // Start is not implemented on this operating system yet.
 func Start(ctx context.Context, s Spec) (*Process, error) { return nil, ErrUnsupported }
-
-// BeChild is not implemented on this operating system yet.
-func BeChild() int {
-	fmt.Fprintln(os.Stderr, ErrUnsupported)
-	return ChildExitCode
-}
 
 // CgroupParent: there are no cgroups here.
 func CgroupParent() (string, error) { return "", ErrUnsupported }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,25 +22,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The child's file descriptors: the spec arrives on specFD (JSON, then
-// EOF). On statusFD, which is close-on-exec in the child, the child writes
-// statusReady once it has the spec, then either nothing (the exec closed
-// the pipe: the command runs) or a ChildError as JSON (it gave up).
+// outputDrain is how long Wait waits for the output pipes to close after
+// the tree was killed; only a process that escaped the tree (setsid
+// without a cgroup) can hold them open that long. cgroupDrain bounds the
+// wait for a killed cgroup to empty.
 const (
-	specFD      = 3
-	statusFD    = 4
-	statusReady = "R"
-)
-
-// Limits of the parent/child protocol.
-const (
-	maxSpecBytes   = 16 << 20
-	maxStatusBytes = 64 << 10
-	// outputDrain is how long Wait waits for the output pipes to close
-	// after the tree was killed; only a process that escaped the tree
-	// (setsid without a cgroup) can hold them open that long.
 	outputDrain = 2 * time.Second
-	// cgroupDrain bounds the wait for a killed cgroup to empty.
 	cgroupDrain = 5 * time.Second
 )
 
@@ -54,68 +39,49 @@ type sysState struct {
 }
 
 // Start starts the command as the user. The context, Spec.Timeout and Kill
-// end the whole tree; see Process.Wait.
+// end the whole tree; see Process.Wait. A *ChildError says which step kept
+// the command from starting.
+//
+// WARNING: security-sensitive (root starts a command as a user). Run
+// go test ./internal/runas as root after any change.
 func Start(ctx context.Context, s Spec) (*Process, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCancelled, err)
 	}
-	cs, err := plan(s, os.Geteuid(), os.Getegid())
+	l, err := plan(s, os.Geteuid(), os.Getegid())
 	if err != nil {
 		return nil, err
-	}
-	exe := s.Executable
-	if exe == "" {
-		if exe, err = os.Executable(); err != nil {
-			return nil, fmt.Errorf("runas: find own binary: %w", err)
-		}
 	}
 	log := s.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	spec, err := json.Marshal(cs)
+	// Go changes directory in the child, where a failure is only an errno:
+	// say here what is wrong with the directory when root can see it.
+	if st, err := os.Stat(l.Dir); err != nil {
+		return nil, &ChildError{Step: StepChdir, Message: err.Error()}
+	} else if !st.IsDir() {
+		return nil, &ChildError{Step: StepChdir, Message: l.Dir + " is not a directory"}
+	}
+	path, err := lookPath(l.Path, l.Env, credOf(l))
 	if err != nil {
-		return nil, fmt.Errorf("runas: encode spec: %w", err)
+		return nil, &ChildError{Step: StepLookPath, Message: err.Error()}
 	}
 
 	p := &Process{
-		dropped:     cs.Drop,
+		dropped:     l.Drop,
 		log:         log,
 		containment: ContainProcessGroup,
 		beforeKill:  s.BeforeKill,
 		killReq:     make(chan struct{}, 1),
 		done:        make(chan struct{}),
 	}
-	var cg string
-	if !s.NoCgroup {
-		if cg, err = makeCgroup(); err != nil {
-			log.Info("runas_no_cgroup", "reason", err.Error())
-		}
-	}
-
-	specR, specW, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("runas: pipe: %w", err)
-	}
-	statR, statW, err := os.Pipe()
-	if err != nil {
-		specR.Close()
-		specW.Close()
-		return nil, fmt.Errorf("runas: pipe: %w", err)
-	}
-	defer statR.Close()
-	defer specW.Close()
-
-	cmd := exec.Command(exe, "be-child", "runas")
-	cmd.Env = []string{} // empty, not nil: nothing of ours leaks into the child
-	cmd.Dir = "/"
-	cmd.ExtraFiles = []*os.File{specR, statW} // fds 3 and 4
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var stdout, stderr *os.File
 	var childEnds []*os.File
 	for _, o := range []struct {
 		w   io.Writer
-		dst *io.Writer
-	}{{s.Stdout, &cmd.Stdout}, {s.Stderr, &cmd.Stderr}} {
+		dst **os.File
+	}{{s.Stdout, &stdout}, {s.Stderr, &stderr}} {
 		switch w := o.w.(type) {
 		case nil:
 		case *os.File:
@@ -123,7 +89,9 @@ func Start(ctx context.Context, s Spec) (*Process, error) {
 		default:
 			r, pw, err := os.Pipe()
 			if err != nil {
-				closeAll(append(childEnds, specR, statW, statR, specW))
+				closeAll(childEnds)
+				closeAll(p.sys.readers)
+				p.sys.copiers.Wait()
 				return nil, fmt.Errorf("runas: pipe: %w", err)
 			}
 			*o.dst = pw
@@ -133,25 +101,81 @@ func Start(ctx context.Context, s Spec) (*Process, error) {
 			go p.copyOut(w, r)
 		}
 	}
-	err = cmd.Start()
-	closeAll(append(childEnds, specR, statW))
-	if err != nil {
+	command := func(cgroupFD int) *exec.Cmd {
+		cmd := &exec.Cmd{Path: path, Args: l.Args, Env: l.Env, Dir: l.Dir}
+		if stdout != nil {
+			cmd.Stdout = stdout
+		}
+		if stderr != nil {
+			cmd.Stderr = stderr
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if l.Drop {
+			cmd.SysProcAttr.Credential = &syscall.Credential{Uid: l.UID, Gid: l.GID, Groups: l.Groups}
+		}
+		if cgroupFD >= 0 {
+			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgroupFD
+		}
+		return cmd
+	}
+
+	// The command enters its cgroup at clone time, so it runs nothing
+	// outside it. If that fails (an old kernel, a seccomp filter refusing
+	// clone3), it runs in a process group only.
+	var cmd *exec.Cmd
+	var startErr error
+	if !s.NoCgroup {
+		cg, err := makeCgroup()
+		var fd int
+		if err == nil {
+			if fd, err = unix.Open(cg, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+				removeCgroup(cg, log)
+				err = fmt.Errorf("open cgroup: %w", err)
+			}
+		}
+		if err != nil {
+			log.Info("runas_no_cgroup", "reason", err.Error())
+		} else {
+			cmd = command(fd)
+			p.checkTook, startErr = startAs(cmd, l)
+			unix.Close(fd)
+			var refused *ChildError
+			switch {
+			case cmd.Process != nil:
+				p.containment, p.cgroup = ContainCgroup, cg
+			case errors.As(startErr, &refused): // refused before the fork
+				removeCgroup(cg, log)
+			default:
+				// The clone into the cgroup, or the exec, failed. Once more
+				// without the cgroup: if the exec fails again, that error is
+				// the command's.
+				removeCgroup(cg, log)
+				cgErr := startErr
+				cmd = command(-1)
+				if p.checkTook, startErr = startAs(cmd, l); startErr == nil {
+					log.Info("runas_no_cgroup", "reason", "start in cgroup: "+cgErr.Error())
+				}
+			}
+		}
+	}
+	if cmd == nil {
+		cmd = command(-1)
+		p.checkTook, startErr = startAs(cmd, l)
+	}
+	closeAll(childEnds)
+	if cmd.Process == nil {
 		closeAll(p.sys.readers)
 		p.sys.copiers.Wait()
-		removeCgroup(cg, log)
-		return nil, fmt.Errorf("runas: start child: %w", err)
+		return nil, startError(startErr, l)
 	}
 	p.cmd, p.pid = cmd, cmd.Process.Pid
-
-	// The child blocks reading the spec, so it runs nothing before it is in
-	// its cgroup: moving it now is race-free.
-	if cg != "" {
-		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(p.pid)), 0); err != nil {
-			log.Info("runas_no_cgroup", "reason", "join cgroup: "+err.Error())
-			removeCgroup(cg, log)
-		} else {
-			p.containment, p.cgroup = ContainCgroup, cg
+	if startErr != nil {
+		// Started, but killed before its first instruction.
+		p.abandon()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: %w", ErrCancelled, context.Cause(ctx))
 		}
+		return nil, startErr
 	}
 
 	p.reaper = s.Reaper
@@ -159,28 +183,20 @@ func Start(ctx context.Context, s Spec) (*Process, error) {
 	exited := make(chan struct{})
 	go p.watch(ctx, s.Timeout, exited)
 	go p.reap(exited)
+	return p, nil
+}
 
-	// A child that dies early makes this write fail (EPIPE); the status
-	// pipe then says why, or the exit does.
-	_, werr := specW.Write(spec)
-	specW.Close()
-	status, rerr := io.ReadAll(io.LimitReader(statR, maxStatusBytes))
-	if rerr == nil && string(status) == statusReady {
-		return p, nil
-	}
-	// The child gave up (it says why after the ready byte) or never spoke
-	// the protocol (Executable is not deskrun, or it died).
-	p.Kill()
-	_, why := p.Wait()
-	var ce ChildError
-	if after, ok := strings.CutPrefix(string(status), statusReady); ok && json.Unmarshal([]byte(after), &ce) == nil && ce.Step != "" {
-		return nil, &ce
-	}
-	if errors.Is(why, ErrCancelled) || errors.Is(why, ErrTimeout) {
-		return nil, why
-	}
-	return nil, fmt.Errorf("runas: %s did not start the command (%s; write spec: %v; read status: %v; status %q)",
-		exe, p.cmd.ProcessState, werr, rerr, status)
+// abandon cleans up after a command that was started but killed before it
+// ran anything: no hook, no tracking, just the kill and the reaping.
+func (p *Process) abandon() {
+	p.killTree()
+	_ = p.cmd.Wait()
+	p.mu.Lock()
+	p.reaped = true
+	p.mu.Unlock()
+	closeAll(p.sys.readers)
+	p.sys.copiers.Wait()
+	removeCgroup(p.cgroup, p.log)
 }
 
 // watch kills the tree on cancel, timeout or Kill, until the leader exits.
