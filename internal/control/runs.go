@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -188,114 +189,202 @@ func (s *Service) startRun(ctx context.Context, actor Actor, flowName string, re
 	return r, nil
 }
 
-// placeRuns is one placement pass: every queued run, high priority first
-// then oldest, goes to its target when the machine is online, has a free
-// slot and (unattended) the user has no other run there. A run that cannot
-// be placed is skipped, so it never blocks runs for other machines.
+// placeRuns is one placement pass: queued runs, high priority first then
+// oldest, each go to their connection's machine when it is online, has a
+// free slot and (unattended) the user has no other run there. A run that
+// cannot be placed is skipped, so it never blocks runs for other machines;
+// it gets the reason it waits, and fails with NoCandidateMachine and that
+// reason once its queue deadline has passed. A run whose connection is
+// deleted or broken, or whose machine is deleted, fails.
+//
+// A pass runs after every start and every end, so its cost must not grow
+// with the queue: with 1,000 runs queued for 8 slots, reading every queued
+// and every active run on each pass took a fifth of the server's CPU. So a
+// pass reads:
+//
+//   - the queue's shape, not its runs: CountQueuedRuns gives, from an
+//     index, the connections that have queued runs and the reasons those
+//     runs show;
+//   - the load, not the active runs: ActiveRunLoad gives each machine's
+//     runs in flight and the users with an unattended one there;
+//   - runs only where they can go: pages of the queued runs of the
+//     connections whose machine is online with a free slot and whose user
+//     is free there, in placement order. Every run read is placed unless
+//     its machine filled up earlier in the page, so a pass reads about as
+//     many runs as it places, and stops when no such connection is left;
+//   - the runs whose deadline has passed, when the earliest deadline
+//     (read from an index on queue_deadline) says there are some.
+//
+// The runs it does not read still get their reason, because a queued
+// run's reason depends only on its connection (machine, username, run
+// mode) and on that machine's state, never on the run itself: the old
+// loop's switch (offline, then busy, then session conflict) is evaluated
+// once per connection, with the machine's state at the end of the pass,
+// and written by one UPDATE to the connection's queued runs whose reason
+// differs — issued only when CountQueuedRuns showed such runs. A run read
+// for placement and not placed (its machine filled up) gets the reason of
+// its connection the same way. Deadlines use the same per-connection
+// reason, so the error names what kept the run waiting. Runs created
+// during a pass are not seen by it; their creation kicks another.
 func (s *Service) placeRuns(ctx context.Context) error {
-	queued, err := s.Store.ListQueuedRuns(ctx, 10000)
+	counts, err := s.Store.CountQueuedRuns(ctx)
+	if err != nil || len(counts) == 0 {
+		return err
+	}
+	load, err := s.Store.ActiveRunLoad(ctx)
 	if err != nil {
 		return err
 	}
-	if len(queued) == 0 {
-		return nil
-	}
-	active, err := s.Store.ListRuns(ctx, store.RunFilter{States: []deskrun.RunState{deskrun.RunAssigned, deskrun.RunLoggingOn, deskrun.RunRunning}, Limit: 100000})
-	if err != nil {
-		return err
-	}
-	conns := map[string]*deskrun.Connection{}
-	machines := map[string]*deskrun.Machine{}
-	getConn := func(id string) (*deskrun.Connection, error) {
-		if c, ok := conns[id]; ok {
-			return c, nil
-		}
-		c, err := s.Store.GetConnection(ctx, id)
-		if err == nil {
-			conns[id] = c
-		}
-		return c, err
-	}
-	getMachine := func(id string) (*deskrun.Machine, error) {
-		if m, ok := machines[id]; ok {
-			return m, nil
-		}
-		m, err := s.Store.GetMachine(ctx, id)
-		if err == nil {
-			machines[id] = m
-		}
-		return m, err
-	}
-	busy := map[string]int{}
-	users := map[string]bool{} // machine id + "\x00" + username, unattended runs
-	for _, r := range active {
-		busy[r.MachineID]++
-		if c, err := getConn(r.ConnectionID); err == nil && c.RunMode == deskrun.RunUnattended {
-			users[r.MachineID+"\x00"+c.Username] = true
-		}
-	}
+	p := &placement{s: s, load: load, conns: map[string]*deskrun.Connection{}, machines: map[string]*deskrun.Machine{}, online: map[string]bool{}}
 	now := s.now()
-	var next time.Time
-	for _, r := range queued {
-		c, err := getConn(r.ConnectionID)
-		if err != nil {
-			if deskrun.IsCode(err, deskrun.CodeNotFound) {
-				s.failRun(ctx, r, &deskrun.Error{Code: deskrun.CodeNotFound, Message: "the run's connection was deleted"})
-				continue
+
+	// The connections with queued runs: those that cannot run fail them.
+	reasons := map[string][]string{} // connection id → the reasons its queued runs show
+	for _, qc := range counts {
+		reasons[qc.ConnectionID] = append(reasons[qc.ConnectionID], qc.Reason)
+	}
+	ids := make([]string, 0, len(reasons))
+	for id := range reasons {
+		ids = append(ids, id)
+	}
+	cs, err := s.Store.GetConnections(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for _, c := range cs {
+		p.conns[c.ID] = c
+	}
+	var live []*deskrun.Connection
+	for _, id := range ids {
+		c, ok := p.conns[id]
+		if !ok {
+			if err := s.failQueued(ctx, id, &deskrun.Error{Code: deskrun.CodeNotFound, Message: "the run's connection was deleted"}); err != nil {
+				return err
 			}
+			continue
+		}
+		m, err := p.machine(ctx, c.Target)
+		if err != nil && !deskrun.IsCode(err, deskrun.CodeNotFound) {
 			return err
 		}
-		if c.State == deskrun.ConnectionBroken {
-			m, _ := getMachine(c.Target)
+		var e *deskrun.Error
+		switch {
+		case c.State == deskrun.ConnectionBroken:
 			if m == nil {
 				m = &deskrun.Machine{ID: c.Target, Name: c.Target}
 			}
-			s.failRun(ctx, r, s.brokenError(c, m))
-			continue
+			e = s.brokenError(c, m)
+		case m == nil:
+			e = &deskrun.Error{Code: deskrun.CodeNoCandidateMachine, Message: "the connection's machine no longer exists"}
 		}
-		m, err := getMachine(c.Target)
-		if err != nil {
-			s.failRun(ctx, r, &deskrun.Error{Code: deskrun.CodeNoCandidateMachine, Message: "the connection's machine no longer exists"})
-			continue
-		}
-		reason := ""
-		switch {
-		case !s.Hub.Online(m.ID):
-			reason = fmt.Sprintf("machine %s is offline", m.Name)
-		case busy[m.ID] >= max(m.Slots, 1):
-			reason = fmt.Sprintf("machine %s is busy (%d of %d slots in use)", m.Name, busy[m.ID], max(m.Slots, 1))
-		case c.RunMode == deskrun.RunUnattended && users[m.ID+"\x00"+c.Username]:
-			reason = fmt.Sprintf("user %s already has an unattended run on %s (session conflict)", c.Username, m.Name)
-		}
-		if reason != "" {
-			if !now.Before(r.QueueDeadline) {
-				e := identity.Fail(deskrun.CodeNoCandidateMachine, nil)
-				e.Machine = m.Name
-				e.Message = fmt.Sprintf("no machine could take the run within %s; last reason: %s", s.Runs.QueueTimeout, reason)
-				s.failRun(ctx, r, e)
-				continue
+		if e != nil {
+			if err := s.failQueued(ctx, id, e); err != nil {
+				return err
 			}
-			if r.PlacementReason != reason {
-				r.PlacementReason, r.UpdatedAt = reason, now
-				if _, err := s.Store.UpdateRun(ctx, r); err != nil {
-					return err
+			continue
+		}
+		live = append(live, c)
+	}
+
+	// Place, a page at a time, only where a run can go.
+	for _, prio := range []deskrun.Priority{deskrun.PriorityHigh, deskrun.PriorityNormal} {
+		after := ""
+		for {
+			var open []string
+			free := 0
+			counted := map[string]bool{}
+			for _, c := range live {
+				m := p.machines[c.Target]
+				if p.reason(c, m) != "" {
+					continue
 				}
-				s.wakeRun(r.ID)
+				open = append(open, c.ID)
+				if !counted[m.ID] {
+					counted[m.ID] = true
+					free += p.free(m)
+				}
 			}
-			if next.IsZero() || r.QueueDeadline.Before(next) {
-				next = r.QueueDeadline
+			if len(open) == 0 {
+				break
 			}
-			continue
-		}
-		if err := s.assign(ctx, r, c, m); err != nil {
-			s.Log.Error("assign run", "run_id", r.ID, "err", err)
-			continue
-		}
-		busy[m.ID]++
-		if c.RunMode == deskrun.RunUnattended {
-			users[m.ID+"\x00"+c.Username] = true
+			page, err := s.Store.ListQueuedRuns(ctx, store.QueueFilter{Priority: prio, AfterID: after, ConnectionIDs: open, Limit: free})
+			if err != nil {
+				return err
+			}
+			for _, r := range page {
+				after = r.ID
+				c := p.conns[r.ConnectionID]
+				m := p.machines[c.Target]
+				if p.reason(c, m) != "" {
+					continue // its machine filled up, or its user took a run there, earlier in this page
+				}
+				placed, err := s.assign(ctx, r, c, m)
+				if err != nil {
+					s.Log.Error("assign run", "run_id", r.ID, "err", err)
+					continue
+				}
+				if placed {
+					p.load.Active[m.ID]++
+					if c.RunMode == deskrun.RunUnattended {
+						p.load.Unattended[store.MachineUser{MachineID: m.ID, Username: c.Username}] = true
+					}
+				}
+			}
+			if len(page) < free {
+				break
+			}
 		}
 	}
+
+	// Deadlines: a run that could not be placed by now fails with the
+	// reason it waits for. The earliest deadline says whether any passed.
+	next, err := s.Store.NextQueueDeadline(ctx, time.Time{})
+	if err != nil {
+		return err
+	}
+	var expired []*deskrun.Run
+	if !next.IsZero() && !next.After(now) {
+		if expired, err = s.Store.ListQueuedRuns(ctx, store.QueueFilter{DeadlineBy: now, Limit: 10000}); err != nil {
+			return err
+		}
+		if next, err = s.Store.NextQueueDeadline(ctx, now); err != nil {
+			return err
+		}
+	}
+	for _, r := range expired {
+		c, err := p.conn(ctx, r.ConnectionID)
+		if err != nil {
+			continue // deleted during the pass: the next pass fails the run
+		}
+		m, err := p.machine(ctx, c.Target)
+		if err != nil {
+			continue
+		}
+		reason := p.reason(c, m)
+		if reason == "" {
+			continue // placeable, but its assignment failed: it stays queued
+		}
+		e := identity.Fail(deskrun.CodeNoCandidateMachine, nil)
+		e.Machine = m.Name
+		e.Message = fmt.Sprintf("no machine could take the run within %s; last reason: %s", s.Runs.QueueTimeout, reason)
+		s.failRun(ctx, r, e)
+	}
+
+	// Reasons, one statement per connection whose runs show another.
+	for _, c := range live {
+		reason := p.reason(c, p.machines[c.Target])
+		if reason == "" || !slices.ContainsFunc(reasons[c.ID], func(r string) bool { return r != reason }) {
+			continue
+		}
+		ids, err := s.Store.SetPlacementReason(ctx, c.ID, reason, now)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			s.wakeRun(id)
+		}
+	}
+
 	if !next.IsZero() {
 		d := max(next.Sub(s.now()), 0) + time.Millisecond
 		if s.sched.deadline == nil {
@@ -307,23 +396,88 @@ func (s *Service) placeRuns(ctx context.Context) error {
 	return nil
 }
 
-// assign pushes a run to its machine as a desktop job.
-func (s *Service) assign(ctx context.Context, r *deskrun.Run, c *deskrun.Connection, m *deskrun.Machine) error {
+// placement is what one pass knows: connections and machines read once,
+// presence asked once, and the load as the pass changes it.
+type placement struct {
+	s        *Service
+	load     *store.RunLoad
+	conns    map[string]*deskrun.Connection
+	machines map[string]*deskrun.Machine
+	online   map[string]bool
+}
+
+func (p *placement) conn(ctx context.Context, id string) (*deskrun.Connection, error) {
+	if c, ok := p.conns[id]; ok {
+		return c, nil
+	}
+	c, err := p.s.Store.GetConnection(ctx, id)
+	if err == nil {
+		p.conns[id] = c
+	}
+	return c, err
+}
+
+func (p *placement) machine(ctx context.Context, id string) (*deskrun.Machine, error) {
+	if m, ok := p.machines[id]; ok {
+		return m, nil
+	}
+	m, err := p.s.Store.GetMachine(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	p.machines[id] = m
+	p.online[id] = p.s.Hub.Online(id)
+	return m, nil
+}
+
+func (p *placement) free(m *deskrun.Machine) int { return max(m.Slots, 1) - p.load.Active[m.ID] }
+
+// reason says why a run through c cannot go to m now, or "" if it can.
+func (p *placement) reason(c *deskrun.Connection, m *deskrun.Machine) string {
+	switch {
+	case !p.online[m.ID]:
+		return fmt.Sprintf("machine %s is offline", m.Name)
+	case p.free(m) <= 0:
+		return fmt.Sprintf("machine %s is busy (%d of %d slots in use)", m.Name, p.load.Active[m.ID], max(m.Slots, 1))
+	case c.RunMode == deskrun.RunUnattended && p.load.Unattended[store.MachineUser{MachineID: m.ID, Username: c.Username}]:
+		return fmt.Sprintf("user %s already has an unattended run on %s (session conflict)", c.Username, m.Name)
+	}
+	return ""
+}
+
+// failQueued fails every queued run of a connection with e.
+func (s *Service) failQueued(ctx context.Context, connectionID string, e *deskrun.Error) error {
+	runs, err := s.Store.ListQueuedRuns(ctx, store.QueueFilter{ConnectionIDs: []string{connectionID}, Limit: 10000})
+	if err != nil {
+		return err
+	}
+	for _, r := range runs {
+		s.failRun(ctx, r, e)
+	}
+	return nil
+}
+
+// assign places a run on its machine as a desktop job: the run's
+// assignment and the job are one commit (AssignRun), made under the hub's
+// lock of the machine, and the job is pushed after it. It reports whether
+// the run was placed: not when it was cancelled meanwhile, nor when it
+// failed here (its flow or its credential for the machine is gone).
+func (s *Service) assign(ctx context.Context, r *deskrun.Run, c *deskrun.Connection, m *deskrun.Machine) (bool, error) {
 	flow, err := s.Store.GetDesktopFlow(ctx, r.Flow, r.Version)
 	if err != nil {
 		s.failRun(ctx, r, withMachine(err, m.Name).(*deskrun.Error))
-		return nil
+		return false, nil
 	}
 	var man desktopflow.Manifest
 	if err := json.Unmarshal(flow.Manifest, &man); err != nil {
-		return err
+		return false, err
 	}
 	cred, ok := c.CredentialFor(m.ID)
 	if !ok {
 		e := identity.Fail(deskrun.CodeSealedCredentialInvalid, nil)
 		e.Message, e.Machine = "the connection has no credential sealed for machine "+m.Name, m.Name
 		s.failRun(ctx, r, e)
-		return nil
+		return false, nil
 	}
 	var inputs map[string]any
 	_ = json.Unmarshal(r.Inputs, &inputs)
@@ -337,19 +491,26 @@ func (s *Service) assign(ctx context.Context, r *deskrun.Run, c *deskrun.Connect
 	}
 	payload, err := json.Marshal(p)
 	if err != nil {
-		return err
+		return false, err
 	}
 	now := s.now()
 	j := &deskrun.Job{ID: deskrun.NewID("j", now), MachineID: m.ID, Kind: wire.JobDesktop, Payload: payload}
 	r.State, r.MachineID, r.JobID, r.AssignedAt, r.UpdatedAt, r.PlacementReason = deskrun.RunAssigned, m.ID, j.ID, now, now, ""
-	if ok, err := s.Store.UpdateRun(ctx, r); err != nil || !ok {
-		return err // cancelled meanwhile: nothing to push
-	}
+	// Known before the push: the agent's first progress may come at once.
 	s.sched.mu.Lock()
 	s.sched.jobRuns[j.ID] = r.ID
 	s.sched.mu.Unlock()
+	placed, err := s.Hub.SubmitWith(ctx, j, func(ctx context.Context, j *deskrun.Job) (bool, error) {
+		return s.Store.AssignRun(ctx, r, j)
+	})
+	if !placed {
+		s.sched.mu.Lock()
+		delete(s.sched.jobRuns, j.ID)
+		s.sched.mu.Unlock()
+		return false, err // cancelled meanwhile (nil), or not stored
+	}
 	s.wakeRun(r.ID)
-	return s.Hub.Submit(ctx, j)
+	return true, nil
 }
 
 func (s *Service) failRun(ctx context.Context, r *deskrun.Run, e *deskrun.Error) {
@@ -361,29 +522,33 @@ func (s *Service) failRun(ctx context.Context, r *deskrun.Run, e *deskrun.Error)
 	s.wakeRun(r.ID)
 }
 
-// runForJob finds the run a job carries. The scheduler records every job it
+// runForJob finds the run a job carries, reading through st (the store,
+// or the transaction the caller is in). The scheduler records every job it
 // pushes, and at start every job of a run in flight, so a job it does not
 // know carries no run: the jobs of connection tests and no-ops cost no
 // store read here.
-func (s *Service) runForJob(ctx context.Context, jobID string) (*deskrun.Run, error) {
+func (s *Service) runForJob(ctx context.Context, st store.Tx, jobID string) (*deskrun.Run, error) {
 	s.sched.mu.Lock()
 	runID, ok := s.sched.jobRuns[jobID]
 	started := s.sched.started
 	s.sched.mu.Unlock()
 	switch {
 	case !started:
-		return s.Store.GetRunByJob(ctx, jobID)
+		return st.GetRunByJob(ctx, jobID)
 	case !ok:
 		return nil, &deskrun.Error{Code: deskrun.CodeNotFound, Message: "job " + jobID + " carries no run"}
 	}
-	return s.Store.GetRun(ctx, runID)
+	return st.GetRun(ctx, runID)
 }
 
 // AgentConnected is the hub's event: a machine may take runs again.
 func (s *Service) AgentConnected(context.Context, string) { s.Kick() }
 
-// JobProgress maps an agent's stage messages to run states.
-func (s *Service) JobProgress(ctx context.Context, jobID, msg string) {
+// JobProgress maps an agent's stage messages to run states. It writes
+// through tx, the hub's transaction that records the progress line (and
+// the job's ack), so the run's new state costs no commit of its own; at,
+// when the hub received the line, is the stage's time.
+func (s *Service) JobProgress(ctx context.Context, tx store.Tx, jobID, msg string, at time.Time) func() {
 	var state deskrun.RunState
 	switch msg {
 	case "state:logging-on":
@@ -391,23 +556,23 @@ func (s *Service) JobProgress(ctx context.Context, jobID, msg string) {
 	case "state:running":
 		state = deskrun.RunRunning
 	default:
-		return
+		return nil
 	}
-	r, err := s.runForJob(ctx, jobID)
+	r, err := s.runForJob(ctx, tx, jobID)
 	if err != nil {
-		return
+		return nil
 	}
-	now := s.now()
-	r.State, r.UpdatedAt = state, now
+	r.State, r.UpdatedAt = state, at
 	if state == deskrun.RunLoggingOn {
-		r.LogonAt = now
+		r.LogonAt = at
 	} else {
-		r.StartedAt = now
+		r.StartedAt = at
 	}
-	if _, err := s.Store.UpdateRun(ctx, r); err != nil {
+	if _, err := tx.UpdateRun(ctx, r); err != nil {
 		s.Log.Error("run progress", "run_id", r.ID, "err", err)
+		return nil
 	}
-	s.wakeRun(r.ID)
+	return func() { s.wakeRun(r.ID) }
 }
 
 // JobLog stores a chunk of a run's output, up to the policy's limit.
@@ -438,7 +603,7 @@ func (s *Service) JobLog(ctx context.Context, c *wire.LogChunk) {
 // JobFinished ends the run a desktop job carried, and applies an identity
 // failure to the connection (the breaker).
 func (s *Service) JobFinished(ctx context.Context, jobID string, state deskrun.JobState, output []byte, jobErr *deskrun.Error) {
-	r, err := s.runForJob(ctx, jobID)
+	r, err := s.runForJob(ctx, s.Store, jobID)
 	if err != nil {
 		return // not a run's job
 	}

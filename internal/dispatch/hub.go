@@ -55,7 +55,12 @@ func DefaultConfig() Config {
 // goroutines and must not block for long.
 type Listener interface {
 	AgentConnected(ctx context.Context, machineID string)
-	JobProgress(ctx context.Context, jobID, message string)
+	// JobProgress is called inside the transaction that records a job's
+	// progress line (received at at): what it writes through tx commits
+	// with the line, in one commit. It must use only tx for the store, and
+	// returns what to do once that commit is done (or nil), such as
+	// waking those who wait for the change.
+	JobProgress(ctx context.Context, tx store.Tx, jobID, message string, at time.Time) (committed func())
 	JobLog(ctx context.Context, chunk *wire.LogChunk)
 	JobFinished(ctx context.Context, jobID string, state deskrun.JobState, output []byte, jobErr *deskrun.Error)
 }
@@ -212,6 +217,21 @@ func (h *Hub) Connected() int {
 // Submit stores a new job for its machine and pushes it at once when the
 // machine's agent is connected. The job is committed before it is sent.
 func (h *Hub) Submit(ctx context.Context, j *deskrun.Job) error {
+	_, err := h.SubmitWith(ctx, j, func(ctx context.Context, j *deskrun.Job) (bool, error) {
+		return true, h.store.CreateJob(ctx, j)
+	})
+	return err
+}
+
+// SubmitWith is Submit with the job stored by create, which may write more
+// in the same commit (a run's assignment, through store.AssignRun) or
+// decline to store the job (false: nothing is pushed). create is called
+// with the job's id, times and state set, under the machine's lock: the
+// state it stores (pushed when the agent is connected, queued otherwise)
+// cannot be overtaken by the agent connecting or leaving, because
+// register reads the machine's queued jobs under that lock. The job is
+// committed before it is sent.
+func (h *Hub) SubmitWith(ctx context.Context, j *deskrun.Job, create func(context.Context, *deskrun.Job) (bool, error)) (bool, error) {
 	m := h.machine(j.MachineID)
 	now := h.now()
 	j.CreatedAt, j.UpdatedAt = now, now
@@ -224,16 +244,16 @@ func (h *Hub) Submit(ctx context.Context, j *deskrun.Job) error {
 	if c != nil {
 		j.State = deskrun.JobPushed
 	}
-	err := h.store.CreateJob(ctx, j)
+	stored, err := create(ctx, j)
 	m.mu.Unlock()
-	if err != nil {
-		return err
+	if err != nil || !stored {
+		return false, err
 	}
 	h.metrics.jobsCreated.Inc()
 	if c != nil {
 		c.send(&wire.Frame{Type: wire.FrameJob, Job: &wire.JobPush{ID: j.ID, Kind: j.Kind, Payload: j.Payload}})
 	}
-	return nil
+	return true, nil
 }
 
 // Cancel asks the agent to cancel a job; a job not yet pushed is cancelled
@@ -572,12 +592,7 @@ func (h *Hub) handle(ctx context.Context, c *agentConn, f *wire.Frame) {
 		c.mu.Unlock()
 	case wire.FrameProgress:
 		if f.Progress != nil {
-			if err := h.store.SetJobProgress(ctx, f.Progress.ID, f.Progress.Message, h.now()); err != nil {
-				h.log.Error("progress", "job_id", f.Progress.ID, "err", err)
-			}
-			if h.Listener != nil {
-				h.Listener.JobProgress(ctx, f.Progress.ID, f.Progress.Message)
-			}
+			h.recordProgress(ctx, c, f.Progress)
 		}
 	case wire.FrameLog:
 		if f.Log != nil && h.Listener != nil {
@@ -630,6 +645,53 @@ func boundDoctor(in *deskrun.DoctorReport, now time.Time) *deskrun.DoctorReport 
 		out.Checks = append(out.Checks, deskrun.DoctorCheck{Name: cut(c.Name), Status: c.Status, Detail: cut(c.Detail), Fix: cut(c.Fix)})
 	}
 	return out
+}
+
+// recordProgress writes a progress line, what the listener makes of it
+// (a run's next state) and, for the first line of a job, its ack, in one
+// commit.
+//
+// Why the line may carry the ack: the ack is written so that a server
+// that restarts, or an agent that reconnects, knows the agent took the
+// job, and does not push it again (a pushed job the agent does not hold
+// is re-pushed: it never started). The agent sends progress only from a
+// job it has recorded in its state directory and acknowledged (accept,
+// then execute), so a progress line proves at least what the ack does,
+// and SetJobProgress moves a pushed job to running. The pending ack's
+// timer is stopped only after that commit, so there is no moment when
+// neither is on its way to the store; if the commit fails, the timer
+// writes the ack as it would have. Until either commits, the job is
+// pushed in the store, exactly as during the ack's delay (ackDelay): if
+// the server restarts then, the agent lists the job as held in its next
+// hello and reconcile marks it running, never re-pushes it. So the line
+// only ever writes the ack sooner than the timer would, never later.
+func (h *Hub) recordProgress(ctx context.Context, c *agentConn, p *wire.JobProgress) {
+	at := h.now()
+	var committed func()
+	err := h.store.InTx(ctx, func(tx store.Tx) error {
+		if err := tx.SetJobProgress(ctx, p.ID, p.Message, at); err != nil {
+			return err
+		}
+		if h.Listener != nil {
+			committed = h.Listener.JobProgress(ctx, tx, p.ID, p.Message, at)
+		}
+		return nil
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			h.log.Error("progress", "job_id", p.ID, "err", err)
+		}
+		return
+	}
+	c.mu.Lock()
+	if t, ok := c.acks[p.ID]; ok {
+		t.Stop()
+		delete(c.acks, p.ID)
+	}
+	c.mu.Unlock()
+	if committed != nil {
+		committed()
+	}
 }
 
 func (h *Hub) recordResult(ctx context.Context, c *agentConn, r *wire.JobResult) {

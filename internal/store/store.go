@@ -90,6 +90,9 @@ type Tx interface {
 	CreateConnection(ctx context.Context, c *deskrun.Connection) error
 	GetConnection(ctx context.Context, id string) (*deskrun.Connection, error)
 	GetConnectionByName(ctx context.Context, name string) (*deskrun.Connection, error)
+	// GetConnections returns those of the connections ids names that
+	// exist, ordered by name; a missing one is left out, not an error.
+	GetConnections(ctx context.Context, ids []string) ([]*deskrun.Connection, error)
 	ListConnections(ctx context.Context) ([]*deskrun.Connection, error)
 	UpdateConnection(ctx context.Context, c *deskrun.Connection) error
 	// SetConnectionHealth records the outcome of a logon with the
@@ -107,15 +110,40 @@ type Tx interface {
 	ListRuns(ctx context.Context, f RunFilter) ([]*deskrun.Run, error)
 	// CountRuns counts the runs the filter selects (Limit is ignored).
 	CountRuns(ctx context.Context, f RunFilter) (int, error)
-	// ListQueuedRuns returns queued runs in placement order: high priority
-	// first, then oldest first.
-	ListQueuedRuns(ctx context.Context, limit int) ([]*deskrun.Run, error)
+	// ListQueuedRuns returns the queued runs f selects in placement order:
+	// high priority first, then oldest first.
+	ListQueuedRuns(ctx context.Context, f QueueFilter) ([]*deskrun.Run, error)
+	// CountQueuedRuns counts the queued runs per connection and placement
+	// reason, in no particular order: what the scheduler needs to know of
+	// the queue without reading it.
+	CountQueuedRuns(ctx context.Context) ([]QueueCount, error)
+	// SetPlacementReason sets the placement reason (and UpdatedAt) of every
+	// queued run of a connection whose reason differs, in one statement,
+	// and returns the ids of the runs it changed.
+	SetPlacementReason(ctx context.Context, connectionID, reason string, at time.Time) ([]string, error)
+	// NextQueueDeadline returns the earliest QueueDeadline after after of
+	// the queued runs, or the zero time when none has one (a zero
+	// QueueDeadline is no deadline).
+	NextQueueDeadline(ctx context.Context, after time.Time) (time.Time, error)
+	// ActiveRunLoad says what the runs in flight (assigned, logging on or
+	// running) hold: how many each machine has, and which users have an
+	// unattended one on which machine (by their connection's username and
+	// run mode as they are now; a run whose connection was deleted counts
+	// only for its machine).
+	ActiveRunLoad(ctx context.Context) (*RunLoad, error)
 	// UpdateRun writes a run's mutable fields (state, machine, job, placement
 	// reason, outputs, exit code, error, timings, every timestamp) unless the
 	// stored run is already terminal: it returns false, changing nothing,
 	// then. The run's flow, version, digest, connection, priority, inputs
 	// and creation time never change.
 	UpdateRun(ctx context.Context, r *deskrun.Run) (bool, error)
+	// AssignRun places a run: in one transaction it writes r's mutable
+	// fields as UpdateRun does and creates j, the job that carries it, if
+	// the stored run is still queued. It returns false, writing nothing,
+	// when the run is not queued any more (cancelled, failed, or placed by
+	// someone else). r must be assigned to j: State RunAssigned, JobID j.ID
+	// and MachineID j.MachineID (CodeInvalid otherwise).
+	AssignRun(ctx context.Context, r *deskrun.Run, j *deskrun.Job) (bool, error)
 	// AppendRunLog stores chunks of a run's output; a chunk whose Seq the
 	// run already has is ignored.
 	AppendRunLog(ctx context.Context, runID string, chunks []deskrun.LogChunk) error
@@ -181,8 +209,10 @@ type Tx interface {
 	// the job is already terminal. A terminal state is CodeInvalid: only
 	// FinishJob ends a job.
 	UpdateJobState(ctx context.Context, id string, state deskrun.JobState, leaseExpires, at time.Time) (bool, error)
-	// SetJobProgress records the agent's latest progress line. A late line
-	// for a terminal job changes nothing and is not an error.
+	// SetJobProgress records the agent's latest progress line. A progress
+	// line means the agent holds the job, so a pushed job becomes running
+	// (the line is its ack). A late line for a terminal job changes
+	// nothing and is not an error.
 	SetJobProgress(ctx context.Context, id, progress string, at time.Time) error
 	// FinishJob records a job's result exactly once: it returns false, and
 	// changes nothing, when the job is already terminal. state must be
@@ -218,4 +248,38 @@ type RunFilter struct {
 	MachineID    string
 	ConnectionID string
 	Limit        int // 0: DefaultJobLimit
+}
+
+// QueueFilter selects queued runs for ListQueuedRuns; empty fields do not
+// filter.
+type QueueFilter struct {
+	Priority deskrun.Priority
+	// AfterID keeps the runs whose id is greater: with Priority, the next
+	// page after a run.
+	AfterID       string
+	ConnectionIDs []string
+	// DeadlineBy keeps the runs that have a QueueDeadline at or before it.
+	DeadlineBy time.Time
+	Limit      int // 0: DefaultJobLimit
+}
+
+// QueueCount is how many queued runs of a connection wait with a reason.
+type QueueCount struct {
+	ConnectionID string
+	Reason       string
+	Count        int
+}
+
+// RunLoad is what the runs in flight hold (ActiveRunLoad).
+type RunLoad struct {
+	// Active is the number of runs in flight per machine id.
+	Active map[string]int
+	// Unattended holds the users with an unattended run in flight on a
+	// machine.
+	Unattended map[MachineUser]bool
+}
+
+// MachineUser is a username on a machine.
+type MachineUser struct {
+	MachineID, Username string
 }

@@ -145,6 +145,23 @@ func (q *queries) getConnection(ctx context.Context, where string, arg any, s su
 	return cs[0], nil
 }
 
+// GetConnections returns the connections among ids that exist, with
+// their credentials, ordered by name: one statement for many ids.
+func (q *queries) GetConnections(ctx context.Context, ids []string) ([]*deskrun.Connection, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	cs, err := q.queryConnections(ctx, ` WHERE c.id IN (?`+strings.Repeat(", ?", len(ids)-1)+`)`, args...)
+	if err != nil {
+		return nil, interpretError(err, subject{op: "get connections"})
+	}
+	return cs, nil
+}
+
 // ListConnections returns every connection with its credentials, ordered
 // by name.
 func (q *queries) ListConnections(ctx context.Context) ([]*deskrun.Connection, error) {

@@ -80,9 +80,13 @@ func (q *queries) UpdateJobState(ctx context.Context, id string, state deskrun.J
 	return q.changedLive(ctx, "jobs", res, err, subject{op: "update job state", kind: "job", id: id})
 }
 
+// SetJobProgress also moves a pushed job to running: the agent sends
+// progress only for a job it has recorded and acknowledged, so the line
+// stands for an ack the hub has not written yet.
 func (q *queries) SetJobProgress(ctx context.Context, id, progress string, at time.Time) error {
-	res, err := q.w.ExecContext(ctx, `UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND `+notTerminal,
-		progress, nanos(at), id)
+	res, err := q.w.ExecContext(ctx, `UPDATE jobs SET progress = ?, updated_at = ?,
+		state = CASE WHEN state = ? THEN ? ELSE state END WHERE id = ? AND `+notTerminal,
+		progress, nanos(at), string(deskrun.JobPushed), string(deskrun.JobRunning), id)
 	_, err = q.changedLive(ctx, "jobs", res, err, subject{op: "set job progress", kind: "job", id: id})
 	return err
 }
@@ -104,8 +108,9 @@ func (q *queries) FinishJob(ctx context.Context, id string, state deskrun.JobSta
 }
 
 // changedLive reports whether a conditional update of a live job or run
-// (row s.id of table) changed it; when it did not, the row is either
-// terminal (false, nil) or missing (CodeNotFound).
+// (row s.id of table) changed it; when it did not, the row either failed
+// the update's condition, such as being terminal (false, nil), or is
+// missing (CodeNotFound).
 func (q *queries) changedLive(ctx context.Context, table string, res sql.Result, err error, s subject) (bool, error) {
 	if err != nil {
 		return false, interpretError(err, s)

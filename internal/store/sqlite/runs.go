@@ -155,14 +155,112 @@ func (q *queries) CountRuns(ctx context.Context, f store.RunFilter) (int, error)
 	return n, interpretError(err, subject{op: "count runs"})
 }
 
-// ListQueuedRuns returns queued runs in placement order: high priority
-// first, then oldest (smallest id) first. A limit of 0 or less means
-// DefaultJobLimit.
-func (q *queries) ListQueuedRuns(ctx context.Context, limit int) ([]*deskrun.Run, error) {
-	rs, err := queryAll(ctx, q.r, scanRun, runSelect+` WHERE state = ?
-		ORDER BY (priority = ?) DESC, id ASC LIMIT ?`,
-		string(deskrun.RunQueued), string(deskrun.PriorityHigh), limitOr(limit, store.DefaultJobLimit))
+// ListQueuedRuns returns the queued runs f selects in placement order:
+// high priority first, then oldest (smallest id) first. A limit of 0 or
+// less means DefaultJobLimit. With f.Priority the order is the id's alone,
+// which the index on (state, priority, id) walks without sorting, so a
+// page costs the rows it returns (plus those ConnectionIDs skips).
+func (q *queries) ListQueuedRuns(ctx context.Context, f store.QueueFilter) ([]*deskrun.Run, error) {
+	w := &filter{conds: []string{"state = ?"}, args: []any{string(deskrun.RunQueued)}}
+	w.eq("priority", string(f.Priority))
+	if f.AfterID != "" {
+		w.conds, w.args = append(w.conds, "id > ?"), append(w.args, f.AfterID)
+	}
+	in(w, "connection_id", f.ConnectionIDs)
+	if !f.DeadlineBy.IsZero() {
+		w.conds, w.args = append(w.conds, "queue_deadline > 0", "queue_deadline <= ?"), append(w.args, nanos(f.DeadlineBy))
+	}
+	order := `id ASC`
+	if f.Priority == "" {
+		order = `(priority = '` + string(deskrun.PriorityHigh) + `') DESC, id ASC`
+	}
+	query, args := w.query(runSelect, order, f.Limit)
+	rs, err := queryAll(ctx, q.r, scanRun, query, args...)
 	return rs, interpretError(err, subject{op: "list queued runs"})
+}
+
+// CountQueuedRuns reads only the index on (state, connection_id,
+// placement_reason), never a run's row.
+func (q *queries) CountQueuedRuns(ctx context.Context) ([]store.QueueCount, error) {
+	cs, err := queryAll(ctx, q.r, func(s scanner) (store.QueueCount, error) {
+		var c store.QueueCount
+		err := s.Scan(&c.ConnectionID, &c.Reason, &c.Count)
+		return c, err
+	}, `SELECT connection_id, placement_reason, COUNT(*) FROM runs WHERE state = ?
+		GROUP BY connection_id, placement_reason`, string(deskrun.RunQueued))
+	return cs, interpretError(err, subject{op: "count queued runs"})
+}
+
+// SetPlacementReason is one UPDATE over the index on (state,
+// connection_id, placement_reason): runs that already have the reason are
+// skipped in the index and never written.
+func (q *queries) SetPlacementReason(ctx context.Context, connectionID, reason string, at time.Time) ([]string, error) {
+	ids, err := queryAll(ctx, q.w, func(s scanner) (string, error) {
+		var id string
+		err := s.Scan(&id)
+		return id, err
+	}, `UPDATE runs SET placement_reason = ?, updated_at = ?
+		WHERE state = ? AND connection_id = ? AND placement_reason <> ? RETURNING id`,
+		reason, nanos(at), string(deskrun.RunQueued), connectionID, reason)
+	return ids, interpretError(err, subject{op: "set placement reason"})
+}
+
+// NextQueueDeadline reads the index on (state, queue_deadline).
+func (q *queries) NextQueueDeadline(ctx context.Context, after time.Time) (time.Time, error) {
+	var next sql.NullInt64
+	err := q.r.QueryRowContext(ctx, `SELECT MIN(queue_deadline) FROM runs WHERE state = ? AND queue_deadline > ?`,
+		string(deskrun.RunQueued), nanos(after)).Scan(&next)
+	if err != nil {
+		return time.Time{}, interpretError(err, subject{op: "next queue deadline"})
+	}
+	return fromNanos(next.Int64), nil
+}
+
+// ActiveRunLoad is one grouped read of the runs in flight (few: at most
+// the slots of every machine) joined to their connections.
+func (q *queries) ActiveRunLoad(ctx context.Context) (*store.RunLoad, error) {
+	type row struct {
+		machine string
+		user    sql.NullString
+		n       int
+	}
+	rows, err := queryAll(ctx, q.r, func(s scanner) (row, error) {
+		var r row
+		err := s.Scan(&r.machine, &r.user, &r.n)
+		return r, err
+	}, `SELECT r.machine_id, CASE WHEN c.run_mode = ? THEN c.username END AS u, COUNT(*)
+		FROM runs r LEFT JOIN connections c ON c.id = r.connection_id
+		WHERE r.state IN (?, ?, ?) GROUP BY r.machine_id, u`,
+		string(deskrun.RunUnattended), string(deskrun.RunAssigned), string(deskrun.RunLoggingOn), string(deskrun.RunRunning))
+	if err != nil {
+		return nil, interpretError(err, subject{op: "active run load"})
+	}
+	load := &store.RunLoad{Active: map[string]int{}, Unattended: map[store.MachineUser]bool{}}
+	for _, r := range rows {
+		load.Active[r.machine] += r.n
+		if r.user.Valid {
+			load.Unattended[store.MachineUser{MachineID: r.machine, Username: r.user.String}] = true
+		}
+	}
+	return load, nil
+}
+
+// runUpdate writes the mutable fields of a run; its WHERE clause is the
+// caller's.
+const runUpdate = `UPDATE runs SET state = ?, machine_id = ?, job_id = ?, placement_reason = ?,
+	outputs = ?, exit_code = ?, error = ?, timings = ?, assigned_at = ?, logon_at = ?, started_at = ?,
+	finished_at = ?, updated_at = ?, queue_deadline = ? WHERE id = ? AND `
+
+func (q *queries) updateRun(ctx context.Context, r *deskrun.Run, cond string, s subject) (bool, error) {
+	runErr, err := errorJSON(r.Error)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", s.op, err)
+	}
+	res, err := q.w.ExecContext(ctx, runUpdate+cond,
+		string(r.State), r.MachineID, r.JobID, r.PlacementReason, text(r.Outputs), exitCode(r.ExitCode), runErr,
+		text(r.Timings), nanos(r.AssignedAt), nanos(r.LogonAt), nanos(r.StartedAt), nanos(r.FinishedAt),
+		nanos(r.UpdatedAt), nanos(r.QueueDeadline), r.ID)
+	return q.changedLive(ctx, "runs", res, err, s)
 }
 
 // UpdateRun writes the mutable fields of r in one conditional UPDATE: of
@@ -170,18 +268,32 @@ func (q *queries) ListQueuedRuns(ctx context.Context, limit int) ([]*deskrun.Run
 // flow, version, digest, connection, priority, inputs, screenshot request
 // and creation time are not written.
 func (q *queries) UpdateRun(ctx context.Context, r *deskrun.Run) (bool, error) {
-	s := subject{op: "update run", kind: "run", id: r.ID}
-	runErr, err := errorJSON(r.Error)
-	if err != nil {
-		return false, fmt.Errorf("%s: %w", s.op, err)
+	return q.updateRun(ctx, r, runNotTerminal, subject{op: "update run", kind: "run", id: r.ID})
+}
+
+// AssignRun is UpdateRun conditioned on the run being queued, and the
+// job's insert, in one transaction (a savepoint inside the caller's).
+func (q *queries) AssignRun(ctx context.Context, r *deskrun.Run, j *deskrun.Job) (bool, error) {
+	s := subject{op: "assign run", kind: "run", id: r.ID}
+	if r.State != deskrun.RunAssigned || r.JobID == "" || r.JobID != j.ID || r.MachineID != j.MachineID {
+		return false, deskrun.Errorf(deskrun.CodeInvalid, "run %q: an assigned run names its job and the job's machine", r.ID)
 	}
-	res, err := q.w.ExecContext(ctx, `UPDATE runs SET state = ?, machine_id = ?, job_id = ?, placement_reason = ?,
-		outputs = ?, exit_code = ?, error = ?, timings = ?, assigned_at = ?, logon_at = ?, started_at = ?,
-		finished_at = ?, updated_at = ?, queue_deadline = ? WHERE id = ? AND `+runNotTerminal,
-		string(r.State), r.MachineID, r.JobID, r.PlacementReason, text(r.Outputs), exitCode(r.ExitCode), runErr,
-		text(r.Timings), nanos(r.AssignedAt), nanos(r.LogonAt), nanos(r.StartedAt), nanos(r.FinishedAt),
-		nanos(r.UpdatedAt), nanos(r.QueueDeadline), r.ID)
-	return q.changedLive(ctx, "runs", res, err, s)
+	var assigned bool
+	err := q.atomic(ctx, func(q *queries) error {
+		ok, err := q.updateRun(ctx, r, `state = '`+string(deskrun.RunQueued)+`'`, s)
+		if err != nil || !ok {
+			return err
+		}
+		if err := q.CreateJob(ctx, j); err != nil {
+			return err
+		}
+		assigned = true
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	return assigned, nil
 }
 
 // AppendRunLog stores chunks in one transaction (a savepoint inside the

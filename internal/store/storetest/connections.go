@@ -102,6 +102,22 @@ var connectionTests = map[string]func(t *testing.T, s store.Store){
 		require.True(t, ok)
 		require.Equal(t, c.Credentials[1], sc)
 	},
+	"GetMany": func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		b := createConnection(t, s, "c_b", "bravo")
+		a := createConnection(t, s, "c_a", "alpha")
+		none := newConnection("c_none", "charlie")
+		none.Credentials = nil
+		require.NoError(t, s.CreateConnection(ctx, none))
+		createConnection(t, s, "c_other", "delta")
+
+		got, err := s.GetConnections(ctx, []string{"c_b", "c_missing", "c_none", "c_a", "c_b"})
+		require.NoError(t, err)
+		require.Equal(t, []*deskrun.Connection{a, b, none}, got, "by name, each once, with its credentials; a missing id is left out")
+		got, err = s.GetConnections(ctx, nil)
+		require.NoError(t, err)
+		require.Empty(t, got)
+	},
 	"ZeroValues": func(t *testing.T, s store.Store) {
 		ctx := t.Context()
 		c := &deskrun.Connection{ID: "c_bare", Name: "bare", Target: "m_1", Username: "u"}

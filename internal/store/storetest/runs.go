@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -179,13 +180,13 @@ var runTests = map[string]func(t *testing.T, s store.Store){
 		}
 		highNew := createRun(t, s, q.run("a", "c_1", deskrun.PriorityHigh))
 
-		got, err := s.ListQueuedRuns(ctx, 0)
+		got, err := s.ListQueuedRuns(ctx, store.QueueFilter{})
 		require.NoError(t, err)
 		require.Equal(t, runIDs([]*deskrun.Run{highOld, highNew, normalOld, normalNew}), runIDs(got),
 			"high before normal, then oldest first; only queued runs")
 		require.Equal(t, highOld, got[0], "listed runs are complete")
 
-		got, err = s.ListQueuedRuns(ctx, 3)
+		got, err = s.ListQueuedRuns(ctx, store.QueueFilter{Limit: 3})
 		require.NoError(t, err)
 		require.Equal(t, runIDs([]*deskrun.Run{highOld, highNew, normalOld}), runIDs(got))
 
@@ -195,9 +196,260 @@ var runTests = map[string]func(t *testing.T, s store.Store){
 		ok, err := s.UpdateRun(ctx, &placed)
 		require.NoError(t, err)
 		require.True(t, ok)
-		got, err = s.ListQueuedRuns(ctx, 0)
+		got, err = s.ListQueuedRuns(ctx, store.QueueFilter{})
 		require.NoError(t, err)
 		require.Equal(t, runIDs([]*deskrun.Run{highNew, normalOld, normalNew}), runIDs(got))
+	},
+	"QueueFilter": func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		var q runSeq
+		n1 := createRun(t, s, q.run("a", "c_1", deskrun.PriorityNormal))
+		h1 := createRun(t, s, q.run("a", "c_2", deskrun.PriorityHigh))
+		n2 := createRun(t, s, q.run("a", "c_2", deskrun.PriorityNormal))
+		h2 := createRun(t, s, q.run("a", "c_1", deskrun.PriorityHigh))
+		n3 := createRun(t, s, q.run("a", "c_3", deskrun.PriorityNormal))
+		placed := q.run("a", "c_1", deskrun.PriorityNormal)
+		placed.State, placed.MachineID, placed.JobID = deskrun.RunRunning, "m_a", "j_1"
+		createRun(t, s, placed)
+		n1.QueueDeadline, n3.QueueDeadline = at(-time.Minute), at(-time.Second)
+		for _, r := range []*deskrun.Run{n1, n3} {
+			ok, err := s.UpdateRun(ctx, r)
+			require.NoError(t, err)
+			require.True(t, ok)
+		}
+
+		for _, tc := range []struct {
+			name string
+			f    store.QueueFilter
+			want []*deskrun.Run
+		}{
+			{"all", store.QueueFilter{}, []*deskrun.Run{h1, h2, n1, n2, n3}},
+			{"high", store.QueueFilter{Priority: deskrun.PriorityHigh}, []*deskrun.Run{h1, h2}},
+			{"normal", store.QueueFilter{Priority: deskrun.PriorityNormal}, []*deskrun.Run{n1, n2, n3}},
+			{"next page", store.QueueFilter{Priority: deskrun.PriorityNormal, AfterID: n1.ID, Limit: 1}, []*deskrun.Run{n2}},
+			{"last page", store.QueueFilter{Priority: deskrun.PriorityNormal, AfterID: n3.ID}, nil},
+			{"connections", store.QueueFilter{ConnectionIDs: []string{"c_1", "c_3"}}, []*deskrun.Run{h2, n1, n3}},
+			{"deadline passed", store.QueueFilter{DeadlineBy: t0}, []*deskrun.Run{n1, n3}},
+			{"deadline at", store.QueueFilter{DeadlineBy: at(-time.Minute)}, []*deskrun.Run{n1}},
+			{"everything", store.QueueFilter{Priority: deskrun.PriorityNormal, AfterID: n1.ID, ConnectionIDs: []string{"c_3", "c_1"}, DeadlineBy: t0}, []*deskrun.Run{n3}},
+		} {
+			got, err := s.ListQueuedRuns(ctx, tc.f)
+			require.NoError(t, err, tc.name)
+			require.Equal(t, runIDs(tc.want), runIDs(got), tc.name)
+		}
+	},
+	"QueueCountsAndReasons": func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		var q runSeq
+		counts := func() map[store.QueueCount]bool {
+			cs, err := s.CountQueuedRuns(ctx)
+			require.NoError(t, err)
+			m := map[store.QueueCount]bool{}
+			for _, c := range cs {
+				require.False(t, m[c], "one row per connection and reason")
+				m[c] = true
+			}
+			return m
+		}
+		require.Empty(t, counts(), "an empty queue")
+
+		a1 := createRun(t, s, q.run("f", "c_a", deskrun.PriorityNormal))
+		a2 := createRun(t, s, q.run("f", "c_a", deskrun.PriorityHigh))
+		a3 := createRun(t, s, q.run("f", "c_a", deskrun.PriorityNormal))
+		b1 := createRun(t, s, q.run("f", "c_b", deskrun.PriorityNormal))
+		done := q.run("f", "c_a", deskrun.PriorityNormal)
+		done.State, done.PlacementReason = deskrun.RunFailed, "old"
+		createRun(t, s, done)
+		require.Equal(t, map[store.QueueCount]bool{{ConnectionID: "c_a", Count: 3}: true, {ConnectionID: "c_b", Count: 1}: true}, counts())
+
+		// One run already has the reason: it is neither changed nor returned.
+		a2.PlacementReason = "machine m is busy"
+		ok, err := s.UpdateRun(ctx, a2)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.Equal(t, map[store.QueueCount]bool{{ConnectionID: "c_a", Count: 2}: true, {ConnectionID: "c_a", Reason: "machine m is busy", Count: 1}: true,
+			{ConnectionID: "c_b", Count: 1}: true}, counts())
+		changed, err := s.SetPlacementReason(ctx, "c_a", "machine m is busy", at(time.Minute))
+		require.NoError(t, err)
+		require.ElementsMatch(t, []string{a1.ID, a3.ID}, changed)
+		for _, r := range []*deskrun.Run{a1, a3} {
+			want := *r
+			want.PlacementReason, want.UpdatedAt = "machine m is busy", at(time.Minute)
+			require.Equal(t, &want, getRun(t, s, r.ID))
+		}
+		require.Equal(t, a2, getRun(t, s, a2.ID), "a run that had the reason keeps its UpdatedAt")
+		require.Equal(t, b1, getRun(t, s, b1.ID), "another connection's runs are not touched")
+		require.Equal(t, done, getRun(t, s, done.ID), "nor are runs that are not queued")
+		require.Equal(t, map[store.QueueCount]bool{{ConnectionID: "c_a", Reason: "machine m is busy", Count: 3}: true, {ConnectionID: "c_b", Count: 1}: true}, counts())
+
+		changed, err = s.SetPlacementReason(ctx, "c_a", "machine m is busy", at(2*time.Minute))
+		require.NoError(t, err)
+		require.Empty(t, changed, "nothing differs: nothing is written")
+		changed, err = s.SetPlacementReason(ctx, "c_missing", "x", at(2*time.Minute))
+		require.NoError(t, err)
+		require.Empty(t, changed)
+	},
+	"NextQueueDeadline": func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		var q runSeq
+		next := func(after time.Time) time.Time {
+			d, err := s.NextQueueDeadline(ctx, after)
+			require.NoError(t, err)
+			return d
+		}
+		require.True(t, next(t0).IsZero(), "no queued run")
+		r1 := q.run("f", "c_a", deskrun.PriorityNormal)
+		r1.QueueDeadline = at(time.Hour)
+		r2 := q.run("f", "c_a", deskrun.PriorityHigh)
+		r2.QueueDeadline = at(time.Minute)
+		r3 := q.run("f", "c_a", deskrun.PriorityNormal)
+		r3.QueueDeadline = at(-time.Minute) // passed
+		placed := q.run("f", "c_a", deskrun.PriorityNormal)
+		placed.State, placed.QueueDeadline = deskrun.RunAssigned, at(time.Second)
+		endless := q.run("f", "c_a", deskrun.PriorityNormal)
+		endless.QueueDeadline = time.Time{}
+		for _, r := range []*deskrun.Run{r1, r2, r3, placed, endless} {
+			createRun(t, s, r)
+		}
+		require.Equal(t, at(time.Minute), next(t0), "the earliest deadline after now, of queued runs only")
+		require.Equal(t, at(time.Hour), next(at(time.Minute)), "strictly after")
+		require.True(t, next(at(time.Hour)).IsZero())
+		require.Equal(t, at(-time.Minute), next(time.Time{}), "the earliest of all; a zero deadline is none")
+		expired, err := s.ListQueuedRuns(ctx, store.QueueFilter{DeadlineBy: t0})
+		require.NoError(t, err)
+		require.Equal(t, runIDs([]*deskrun.Run{r3}), runIDs(expired), "a run without a deadline never expires")
+	},
+	"ActiveRunLoad": func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		var q runSeq
+		alice := newConnection("c_alice", "alice") // unattended
+		bob := newConnection("c_bob", "bob")
+		bob.RunMode = deskrun.RunAttended
+		alice2 := newConnection("c_alice2", "alice2")
+		alice2.Username = alice.Username
+		for _, c := range []*deskrun.Connection{alice, bob, alice2} {
+			require.NoError(t, s.CreateConnection(ctx, c))
+		}
+		load, err := s.ActiveRunLoad(ctx)
+		require.NoError(t, err)
+		require.Empty(t, load.Active)
+		require.Empty(t, load.Unattended)
+
+		on := func(connID, machine string, st deskrun.RunState) {
+			r := q.run("f", connID, deskrun.PriorityNormal)
+			r.State, r.MachineID = st, machine
+			if st != deskrun.RunQueued {
+				r.JobID = "j_" + r.ID
+			}
+			createRun(t, s, r)
+		}
+		on("c_alice", "m_1", deskrun.RunAssigned)
+		on("c_alice2", "m_1", deskrun.RunRunning) // the same user through another connection
+		on("c_bob", "m_1", deskrun.RunLoggingOn)
+		on("c_bob", "m_2", deskrun.RunRunning)
+		on("c_gone", "m_2", deskrun.RunRunning) // its connection was deleted
+		on("c_alice", "m_3", deskrun.RunSucceeded)
+		on("c_alice", "m_3", deskrun.RunFailed)
+		on("c_alice", "", deskrun.RunQueued)
+		load, err = s.ActiveRunLoad(ctx)
+		require.NoError(t, err)
+		require.Equal(t, map[string]int{"m_1": 3, "m_2": 2}, load.Active, "assigned, logging on and running runs count; others do not")
+		require.Equal(t, map[store.MachineUser]bool{{MachineID: "m_1", Username: alice.Username}: true}, load.Unattended,
+			"only unattended connections hold their user")
+	},
+	"AssignRun": func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		var (
+			q  runSeq
+			jq seq
+		)
+		m := createMachine(t, s, "desk-01")
+		r := createRun(t, s, q.run("f", "c_1", deskrun.PriorityNormal))
+		r.PlacementReason = "machine desk-01 is busy"
+		ok, err := s.UpdateRun(ctx, r)
+		require.NoError(t, err)
+		require.True(t, ok)
+		assign := func(r *deskrun.Run) (*deskrun.Run, *deskrun.Job) {
+			j := jq.job(m.ID)
+			j.Kind, j.State, j.Payload = "desktop", deskrun.JobPushed, json.RawMessage(`{"run_id":"`+r.ID+`"}`)
+			a := *r
+			a.State, a.MachineID, a.JobID, a.PlacementReason = deskrun.RunAssigned, m.ID, j.ID, ""
+			a.AssignedAt, a.UpdatedAt = at(time.Second), at(time.Second)
+			return &a, j
+		}
+
+		a, j := assign(r)
+		ok, err = s.AssignRun(ctx, a, j)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.Equal(t, a, getRun(t, s, r.ID))
+		got, err := s.GetJob(ctx, j.ID)
+		require.NoError(t, err)
+		require.Equal(t, j, got)
+		byJob, err := s.GetRunByJob(ctx, j.ID)
+		require.NoError(t, err)
+		require.Equal(t, r.ID, byJob.ID)
+
+		// Only a queued run is assigned: not one placed already, nor one
+		// cancelled meanwhile. Neither gets a job.
+		again, j2 := assign(r)
+		ok, err = s.AssignRun(ctx, again, j2)
+		require.NoError(t, err)
+		require.False(t, ok, "already assigned")
+		require.Equal(t, a, getRun(t, s, r.ID))
+		_, err = s.GetJob(ctx, j2.ID)
+		requireCode(t, err, deskrun.CodeNotFound)
+
+		cancelled := createRun(t, s, q.run("f", "c_1", deskrun.PriorityNormal))
+		cancelled.State, cancelled.FinishedAt = deskrun.RunCancelled, at(time.Second)
+		ok, err = s.UpdateRun(ctx, cancelled)
+		require.NoError(t, err)
+		require.True(t, ok)
+		late, j3 := assign(cancelled)
+		ok, err = s.AssignRun(ctx, late, j3)
+		require.NoError(t, err)
+		require.False(t, ok, "cancelled")
+		require.Equal(t, cancelled, getRun(t, s, cancelled.ID))
+		_, err = s.GetJob(ctx, j3.ID)
+		requireCode(t, err, deskrun.CodeNotFound)
+
+		// A job that cannot be stored undoes the assignment.
+		r2 := createRun(t, s, q.run("f", "c_1", deskrun.PriorityNormal))
+		a2, dup := assign(r2)
+		dup.ID, a2.JobID = j.ID, j.ID
+		_, err = s.AssignRun(ctx, a2, dup)
+		requireCode(t, err, deskrun.CodeConflict)
+		require.Equal(t, r2, getRun(t, s, r2.ID), "the run is still queued")
+
+		// Inside a transaction, it commits and rolls back with it.
+		r3 := createRun(t, s, q.run("f", "c_1", deskrun.PriorityNormal))
+		a3, j4 := assign(r3)
+		boom := errors.New("boom")
+		require.ErrorIs(t, s.InTx(ctx, func(tx store.Tx) error {
+			ok, err := tx.AssignRun(ctx, a3, j4)
+			require.NoError(t, err)
+			require.True(t, ok)
+			return boom
+		}), boom)
+		require.Equal(t, r3, getRun(t, s, r3.ID))
+		_, err = s.GetJob(ctx, j4.ID)
+		requireCode(t, err, deskrun.CodeNotFound)
+
+		// Refusals.
+		missing, j5 := assign(q.run("f", "c_1", deskrun.PriorityNormal))
+		_, err = s.AssignRun(ctx, missing, j5)
+		requireCode(t, err, deskrun.CodeNotFound)
+		for name, edit := range map[string]func(*deskrun.Run, *deskrun.Job){
+			"not assigned":  func(r *deskrun.Run, _ *deskrun.Job) { r.State = deskrun.RunRunning },
+			"other job":     func(r *deskrun.Run, _ *deskrun.Job) { r.JobID = "j_other" },
+			"other machine": func(_ *deskrun.Run, j *deskrun.Job) { j.MachineID = "m_other" },
+		} {
+			bad, bj := assign(r2)
+			edit(bad, bj)
+			_, err := s.AssignRun(ctx, bad, bj)
+			requireCode(t, err, deskrun.CodeInvalid)
+			require.Equal(t, r2, getRun(t, s, r2.ID), name)
+		}
 	},
 	"QueueDefaultLimit": func(t *testing.T, s store.Store) {
 		ctx := t.Context()
@@ -211,7 +463,7 @@ var runTests = map[string]func(t *testing.T, s store.Store){
 			return nil
 		}))
 		for _, limit := range []int{0, -1} {
-			got, err := s.ListQueuedRuns(ctx, limit)
+			got, err := s.ListQueuedRuns(ctx, store.QueueFilter{Limit: limit})
 			require.NoError(t, err)
 			require.Len(t, got, store.DefaultJobLimit)
 		}

@@ -744,6 +744,22 @@ var jobTests = map[string]func(t *testing.T, s store.Store){
 		require.NoError(t, err)
 		require.Equal(t, "step 1/2", got.Progress)
 		require.Equal(t, at(time.Second), got.UpdatedAt)
+		require.Equal(t, deskrun.JobQueued, got.State, "a queued job stays queued")
+
+		// Progress of a pushed job stands for its ack: the job is running.
+		pushed := q.job(m.ID)
+		pushed.State, pushed.LeaseExpires = deskrun.JobPushed, at(time.Minute)
+		createJob(t, s, pushed)
+		require.NoError(t, s.SetJobProgress(ctx, pushed.ID, "state:logging-on", at(time.Second)))
+		want := *pushed
+		want.State, want.Progress, want.UpdatedAt = deskrun.JobRunning, "state:logging-on", at(time.Second)
+		got, err = s.GetJob(ctx, pushed.ID)
+		require.NoError(t, err)
+		require.Equal(t, &want, got)
+		require.NoError(t, s.SetJobProgress(ctx, pushed.ID, "state:running", at(2*time.Second)))
+		got, err = s.GetJob(ctx, pushed.ID)
+		require.NoError(t, err)
+		require.Equal(t, deskrun.JobRunning, got.State)
 
 		ok, err := s.FinishJob(ctx, j.ID, deskrun.JobSucceeded, nil, nil, at(2*time.Second))
 		require.NoError(t, err)
