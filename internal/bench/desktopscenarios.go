@@ -44,7 +44,8 @@ type Stages struct {
 	// PAM authenticate + acct_mgmt + open_session + NSS (≈ the password
 	// hash); run directory, package copy, inputs, environment; the
 	// display (none here); runas.Start up to the exec of /bin/sh as the
-	// user (re-exec of deskrun be-child runas, cgroup, drop, exec).
+	// user (fork, cgroup, drop, exec, the stop at exec where the agent checks
+	// the process's credentials).
 	Logon   Percentiles `json:"logon"`
 	Session Percentiles `json:"session"`
 	Display Percentiles `json:"display"`

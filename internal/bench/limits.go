@@ -152,7 +152,7 @@ var Comparisons = []Comparison{
 		Why:   "as sha512, with the yescrypt hash dominating both"},
 	{Scenario: "run", Figure: "spawn p50",
 		Limit: []LimitTerm{{LimitSpawnSetuid, 1}},
-		Why:   "runas re-executes deskrun (be-child runas: cgroup, setgroups/setgid/setuid, proof it cannot regain root), which execs /bin/sh: two execs where the limit has one"},
+		Why:   "runas forks into the run's cgroup, drops to the user and stops the child at its exec so the agent can check its credentials from /proc before letting it run: the limit is the same fork/exec without the cgroup and the check"},
 	{Scenario: "run", Figure: "sha512 without logon p50",
 		Limit: []LimitTerm{{LimitSQLiteCommit, 3}, {LimitWSRTT, 1}, {LimitSpawnSetuid, 1}},
 		Why:   "trigger → first command, less the logon: three commits (run insert, run update, job insert), one push and answer, one spawn as the user; plus the HTTPS request and dash starting date"},
