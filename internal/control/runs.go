@@ -44,6 +44,7 @@ type scheduler struct {
 	jobRuns  map[string]string          // job id → run id, for log chunks
 	logBytes map[string]int64           // run id → bytes stored
 	waiters  map[string][]chan struct{} // run id → closed when the run changes
+	enders   map[string][]chan struct{} // run id → closed when the run ends
 	started  bool
 }
 
@@ -103,7 +104,9 @@ func (s *Service) reconcileRuns(ctx context.Context) error {
 			s.sched.mu.Lock()
 			s.sched.jobRuns[j.ID] = r.ID
 			s.sched.mu.Unlock()
-			s.JobFinished(ctx, j.ID, j.State, j.Result, j.Error)
+			if err := s.finishRunOfJob(ctx, j); err != nil {
+				return err
+			}
 		default:
 			s.sched.mu.Lock()
 			s.sched.jobRuns[j.ID] = r.ID
@@ -519,7 +522,7 @@ func (s *Service) failRun(ctx context.Context, r *deskrun.Run, e *deskrun.Error)
 	if _, err := s.Store.UpdateRun(ctx, r); err != nil {
 		s.Log.Error("fail run", "run_id", r.ID, "err", err)
 	}
-	s.wakeRun(r.ID)
+	s.runEnded(r.ID)
 }
 
 // runForJob finds the run a job carries, reading through st (the store,
@@ -601,13 +604,15 @@ func (s *Service) JobLog(ctx context.Context, c *wire.LogChunk) {
 }
 
 // JobFinished ends the run a desktop job carried, and applies an identity
-// failure to the connection (the breaker).
-func (s *Service) JobFinished(ctx context.Context, jobID string, state deskrun.JobState, output []byte, jobErr *deskrun.Error) {
-	r, err := s.runForJob(ctx, s.Store, jobID)
+// failure to the connection (the breaker). It writes through tx, the hub's
+// transaction that records the job's end, so the job and its run end in
+// one commit; what follows the commit (waking waiters, the breaker, a
+// placement pass for the freed slot) is in the func it returns.
+func (s *Service) JobFinished(ctx context.Context, tx store.Tx, jobID string, state deskrun.JobState, output []byte, jobErr *deskrun.Error) func() {
+	r, err := s.runForJob(ctx, tx, jobID)
 	if err != nil {
-		return // not a run's job
+		return nil // not a run's job
 	}
-	defer s.Kick()
 	now := s.now()
 	r.FinishedAt, r.UpdatedAt, r.Error = now, now, jobErr
 	var out wire.DesktopOutput
@@ -621,7 +626,7 @@ func (s *Service) JobFinished(ctx context.Context, jobID string, state deskrun.J
 			r.Timings, _ = json.Marshal(out.Timings)
 		}
 		if len(out.Screenshot) > 0 {
-			if err := s.Store.SaveRunScreenshot(ctx, r.ID, out.Screenshot); err != nil {
+			if err := tx.SaveRunScreenshot(ctx, r.ID, out.Screenshot); err != nil {
 				s.Log.Error("save screenshot", "run_id", r.ID, "err", err)
 			}
 		}
@@ -636,17 +641,36 @@ func (s *Service) JobFinished(ctx context.Context, jobID string, state deskrun.J
 	default:
 		r.State = deskrun.RunFailed
 	}
-	if _, err := s.Store.UpdateRun(ctx, r); err != nil {
+	if _, err := tx.UpdateRun(ctx, r); err != nil {
 		s.Log.Error("finish run", "run_id", r.ID, "err", err)
 	}
-	s.sched.mu.Lock()
-	delete(s.sched.jobRuns, jobID)
-	delete(s.sched.logBytes, r.ID)
-	s.sched.mu.Unlock()
-	s.wakeRun(r.ID)
-	if jobErr != nil && (jobErr.Code == deskrun.CodeWindowsIdentityIncorrect || jobErr.Code == deskrun.CodeSealedCredentialInvalid) {
-		s.connectionFailed(ctx, r, jobErr)
+	return func() {
+		s.sched.mu.Lock()
+		delete(s.sched.jobRuns, jobID)
+		delete(s.sched.logBytes, r.ID)
+		s.sched.mu.Unlock()
+		s.runEnded(r.ID)
+		if jobErr != nil && (jobErr.Code == deskrun.CodeWindowsIdentityIncorrect || jobErr.Code == deskrun.CodeSealedCredentialInvalid) {
+			s.connectionFailed(ctx, r, jobErr)
+		}
+		s.Kick()
 	}
+}
+
+// finishRunOfJob is JobFinished for a job that ended while no one
+// listened (reconcile): its own transaction.
+func (s *Service) finishRunOfJob(ctx context.Context, j *deskrun.Job) error {
+	var done func()
+	if err := s.Store.InTx(ctx, func(tx store.Tx) error {
+		done = s.JobFinished(ctx, tx, j.ID, j.State, j.Result, j.Error)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if done != nil {
+		done()
+	}
+	return nil
 }
 
 // connectionFailed applies a run's identity failure to its connection.
@@ -676,14 +700,16 @@ func (s *Service) connectionFailed(ctx context.Context, r *deskrun.Run, e *deskr
 	s.notifyState(c, m, prev)
 }
 
-// Run returns a run; with wait > 0 it waits that long for it to end.
+// Run returns a run; with wait > 0 it waits that long for it to end. It
+// is woken by the run's end only (runEnded), not by each of its changes:
+// a waiter reads the run twice, not once per stage.
 func (s *Service) Run(ctx context.Context, id string, wait time.Duration) (*deskrun.Run, error) {
 	deadline := time.Now().Add(wait)
 	for {
-		ch := s.runWaiter(id)
+		ch := s.runEndWaiter(id)
 		r, err := s.Store.GetRun(ctx, id)
 		if err != nil || r.State.Terminal() || wait <= 0 {
-			s.dropRunWaiter(id, ch)
+			s.dropRunEndWaiter(id, ch)
 			return r, err
 		}
 		t := time.NewTimer(time.Until(deadline))
@@ -691,11 +717,11 @@ func (s *Service) Run(ctx context.Context, id string, wait time.Duration) (*desk
 		case <-ch:
 			t.Stop()
 		case <-t.C:
-			s.dropRunWaiter(id, ch)
+			s.dropRunEndWaiter(id, ch)
 			return s.Store.GetRun(ctx, id)
 		case <-ctx.Done():
 			t.Stop()
-			s.dropRunWaiter(id, ch)
+			s.dropRunEndWaiter(id, ch)
 			return s.Store.GetRun(context.WithoutCancel(ctx), id)
 		}
 	}
@@ -709,29 +735,60 @@ func (s *Service) RunChanged(id string) (<-chan struct{}, func()) {
 }
 
 func (s *Service) runWaiter(id string) chan struct{} {
+	return s.addWaiter(&s.sched.waiters, id)
+}
+
+func (s *Service) dropRunWaiter(id string, ch chan struct{}) {
+	s.dropWaiter(s.sched.waiters, id, ch)
+}
+
+// runEndWaiter returns a channel closed when the run ends (runEnded).
+func (s *Service) runEndWaiter(id string) chan struct{} {
+	return s.addWaiter(&s.sched.enders, id)
+}
+
+func (s *Service) dropRunEndWaiter(id string, ch chan struct{}) {
+	s.dropWaiter(s.sched.enders, id, ch)
+}
+
+func (s *Service) addWaiter(m *map[string][]chan struct{}, id string) chan struct{} {
 	ch := make(chan struct{})
 	s.sched.mu.Lock()
-	if s.sched.waiters == nil {
-		s.sched.waiters = map[string][]chan struct{}{}
+	if *m == nil {
+		*m = map[string][]chan struct{}{}
 	}
-	s.sched.waiters[id] = append(s.sched.waiters[id], ch)
+	(*m)[id] = append((*m)[id], ch)
 	s.sched.mu.Unlock()
 	return ch
 }
 
-func (s *Service) dropRunWaiter(id string, ch chan struct{}) {
+func (s *Service) dropWaiter(m map[string][]chan struct{}, id string, ch chan struct{}) {
 	s.sched.mu.Lock()
 	defer s.sched.mu.Unlock()
-	ws := s.sched.waiters[id]
+	ws := m[id]
 	for i, w := range ws {
 		if w == ch {
-			s.sched.waiters[id] = append(ws[:i], ws[i+1:]...)
+			m[id] = append(ws[:i], ws[i+1:]...)
 			break
 		}
 	}
-	if len(s.sched.waiters[id]) == 0 {
-		delete(s.sched.waiters, id)
+	if len(m[id]) == 0 {
+		delete(m, id)
 	}
+}
+
+// runEnded wakes everyone waiting on the run: for its next change, and for
+// its end. Every write that ends a run (failRun, JobFinished, CancelRun)
+// calls it instead of wakeRun.
+func (s *Service) runEnded(id string) {
+	s.sched.mu.Lock()
+	ws := s.sched.enders[id]
+	delete(s.sched.enders, id)
+	s.sched.mu.Unlock()
+	for _, ch := range ws {
+		close(ch)
+	}
+	s.wakeRun(id)
 }
 
 func (s *Service) wakeRun(id string) {
@@ -776,7 +833,7 @@ func (s *Service) CancelRun(ctx context.Context, id string) (*deskrun.Run, error
 		if _, err := s.Store.UpdateRun(ctx, r); err != nil {
 			return nil, err
 		}
-		s.wakeRun(r.ID)
+		s.runEnded(r.ID)
 		return r, nil
 	}
 	if err := s.Hub.Cancel(ctx, r.JobID); err != nil {

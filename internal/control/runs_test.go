@@ -297,6 +297,16 @@ func TestFirstProgressIsTheAck(t *testing.T) {
 	require.Equal(t, deskrun.RunAssigned, r.State)
 	require.Equal(t, j.ID, r.JobID)
 
+	// A waiter for the run's end sees its end, not a stage before it.
+	ended := make(chan *deskrun.Run, 1)
+	go func() {
+		r, err := w.s.Run(ctx, id, 10*time.Second)
+		if err != nil {
+			r = nil
+		}
+		ended <- r
+	}()
+
 	// No ack: the first progress line stands for it.
 	a.send(&wire.Frame{Type: wire.FrameProgress, Progress: &wire.JobProgress{ID: j.ID, Message: "state:logging-on"}})
 	r = w.waitRun(id, "logging on", func(r *deskrun.Run) bool { return r.State == deskrun.RunLoggingOn })
@@ -311,6 +321,16 @@ func TestFirstProgressIsTheAck(t *testing.T) {
 	require.False(t, r.StartedAt.IsZero())
 	a.finish(j)
 	w.waitRun(id, "succeeded", func(r *deskrun.Run) bool { return r.State == deskrun.RunSucceeded })
+	select {
+	case r = <-ended:
+	case <-time.After(5 * time.Second): // Run waits 10 s: it was not woken
+		t.Fatal("Run was not woken by the run's end")
+	}
+	require.NotNil(t, r)
+	require.Equal(t, deskrun.RunSucceeded, r.State)
+	got, err = w.s.Store.GetJob(ctx, j.ID)
+	require.NoError(t, err)
+	require.Equal(t, deskrun.JobSucceeded, got.State)
 }
 
 func TestSubmitWithPushesOnlyWhatItStores(t *testing.T) {

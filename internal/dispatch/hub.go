@@ -13,6 +13,7 @@
 package dispatch
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -62,7 +63,11 @@ type Listener interface {
 	// waking those who wait for the change.
 	JobProgress(ctx context.Context, tx store.Tx, jobID, message string, at time.Time) (committed func())
 	JobLog(ctx context.Context, chunk *wire.LogChunk)
-	JobFinished(ctx context.Context, jobID string, state deskrun.JobState, output []byte, jobErr *deskrun.Error)
+	// JobFinished is called inside the transaction that ends a job, once
+	// (only by the call that ended it): as with JobProgress, what it
+	// writes through tx commits with the job's end, and committed (may be
+	// nil) runs after the commit.
+	JobFinished(ctx context.Context, tx store.Tx, jobID string, state deskrun.JobState, output []byte, jobErr *deskrun.Error) (committed func())
 }
 
 // Hub runs agent connections and pushes jobs to them.
@@ -79,6 +84,9 @@ type Hub struct {
 	machines map[string]*machineState
 	waiters  map[string][]chan struct{} // job id → closed when the job ends
 	presence chan struct{}              // closed (and replaced) when a machine goes online or offline
+	// readBufs hold *bytes.Buffer for frames being decoded (json.Unmarshal
+	// copies what it keeps), so a heartbeat allocates no read buffer.
+	readBufs sync.Pool
 	stopped  bool
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -326,7 +334,9 @@ func (h *Hub) notify(id string) {
 	}
 }
 
-// finish records a job's end exactly once and wakes its waiters.
+// finish records a job's end exactly once, with what the listener makes
+// of it (the end of the run it carried) in the same commit, and wakes its
+// waiters.
 func (h *Hub) finish(ctx context.Context, id string, ok bool, output []byte, jobErr *deskrun.Error) (bool, error) {
 	state := deskrun.JobSucceeded
 	if !ok {
@@ -335,14 +345,27 @@ func (h *Hub) finish(ctx context.Context, id string, ok bool, output []byte, job
 			state = deskrun.JobCancelled
 		}
 	}
-	applied, err := h.store.FinishJob(ctx, id, state, output, jobErr, h.now())
+	var (
+		applied   bool
+		committed func()
+	)
+	err := h.store.InTx(ctx, func(tx store.Tx) error {
+		var err error
+		if applied, err = tx.FinishJob(ctx, id, state, output, jobErr, h.now()); err != nil || !applied {
+			return err
+		}
+		if h.Listener != nil {
+			committed = h.Listener.JobFinished(ctx, tx, id, state, output, jobErr)
+		}
+		return nil
+	})
 	if err != nil {
 		return false, err
 	}
 	if applied {
 		h.metrics.jobsFinished.WithLabelValues(string(state)).Inc()
-		if h.Listener != nil {
-			h.Listener.JobFinished(ctx, id, state, output, jobErr)
+		if committed != nil {
+			committed()
 		}
 		h.notify(id)
 	}
@@ -510,9 +533,18 @@ func (h *Hub) register(ctx context.Context, c *agentConn, mach *deskrun.Machine,
 }
 
 // readLoop reads frames until the connection ends and returns why.
+//
+// Its reads are not cancellable: coder/websocket registers a cancellable
+// read's context with context.AfterFunc on every read, which costs each
+// heartbeat allocations and a turn on the lock of the hub's context, which
+// all connections share. The end of ctx closes the connection instead,
+// once per connection.
 func (h *Hub) readLoop(ctx context.Context, c *agentConn) string {
+	stop := context.AfterFunc(ctx, func() { c.ws.CloseNow() })
+	defer stop()
+	rctx := context.WithoutCancel(ctx)
 	for {
-		f, err := c.read(ctx)
+		f, err := c.read(rctx)
 		if err != nil {
 			if r := c.closeReason(); r != "" {
 				return r
@@ -773,15 +805,35 @@ type agentConn struct {
 const ackDelay = 20 * time.Millisecond
 
 func (c *agentConn) read(ctx context.Context) (*wire.Frame, error) {
-	_, b, err := c.ws.Read(ctx)
+	_, r, err := c.ws.Reader(ctx)
 	if err != nil {
 		return nil, err
 	}
+	buf, _ := c.hub.readBufs.Get().(*bytes.Buffer)
+	if buf == nil {
+		buf = new(bytes.Buffer)
+	}
+	defer c.hub.putReadBuf(buf)
+	if _, err := buf.ReadFrom(r); err != nil {
+		return nil, err
+	}
 	var f wire.Frame
-	if err := json.Unmarshal(b, &f); err != nil {
+	if err := json.Unmarshal(buf.Bytes(), &f); err != nil {
 		return nil, fmt.Errorf("malformed frame: %w", err)
 	}
 	return &f, nil
+}
+
+// maxPooledReadBuf is the largest read buffer kept for reuse: one large
+// result should not pin megabytes in the pool.
+const maxPooledReadBuf = 64 << 10
+
+func (h *Hub) putReadBuf(b *bytes.Buffer) {
+	if b.Cap() > maxPooledReadBuf {
+		return
+	}
+	b.Reset()
+	h.readBufs.Put(b)
 }
 
 // write sends one frame; coder/websocket allows concurrent writers.
