@@ -5,6 +5,8 @@
 package api
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -13,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -332,11 +335,53 @@ func (a *API) enroll(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *API) agentConnect(w http.ResponseWriter, r *http.Request) {
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	ws, err := websocket.Accept(smallHijack{w}, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		return // Accept has written the HTTP error
 	}
 	a.svc.Hub.Serve(r.Context(), ws, r.RemoteAddr)
+}
+
+// hijackBufSize is the size of the read and write buffers an agent's
+// WebSocket keeps for its life.
+const hijackBufSize = 512
+
+// smallHijack hands the hijacked connection over with hijackBufSize
+// buffers instead of net/http's 4 KB reader and 4 KB writer: coder/websocket
+// keeps what Hijack returns for the connection's life, and those 8 KB were
+// a fifth of what an idle agent cost the server. Frames of any size still
+// pass: a bufio read or write larger than its buffer goes straight to the
+// connection.
+type smallHijack struct{ http.ResponseWriter }
+
+func (w smallHijack) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w smallHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	small, err := rebuffer(conn, brw, hijackBufSize)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, small, nil
+}
+
+// rebuffer replaces brw, whose buffers read and write conn, with buffers
+// of size bytes. What brw has buffered is kept: bytes the client sent after
+// its request are read first, and pending output is written now.
+func rebuffer(conn net.Conn, brw *bufio.ReadWriter, size int) (*bufio.ReadWriter, error) {
+	if err := brw.Flush(); err != nil {
+		return nil, err
+	}
+	var r io.Reader = conn
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		r = io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn)
+	}
+	return bufio.NewReadWriter(bufio.NewReaderSize(r, size), bufio.NewWriterSize(conn, size)), nil
 }
 
 func (a *API) listMachines(w http.ResponseWriter, r *http.Request) error {
