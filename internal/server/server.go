@@ -127,7 +127,13 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "deskrun_store_commits_total",
+			Help: "SQLite commits (each one WAL append and, with synchronous=FULL, one fsync)."},
+			func() float64 { c, _ := db.CommitStats(); return float64(c) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "deskrun_store_write_transactions_total",
+			Help: "Write transactions committed; with deskrun_store_commits_total, how many shared a commit."},
+			func() float64 { _, t := db.CommitStats(); return float64(t) }))
 	hcfg := dispatch.DefaultConfig()
 	hcfg.HeartbeatInterval = cfg.HeartbeatInterval
 	hcfg.Lease = cfg.AgentLease

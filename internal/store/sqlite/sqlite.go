@@ -31,6 +31,8 @@ type DB struct {
 	read  *sql.DB // read-only connections; the same as write for :memory:
 	// Prepared statements of each pool (one cache when they are the same).
 	writeStmts, readStmts *stmtCache
+	// commit runs every write transaction, in batches (batch.go).
+	commit *committer
 }
 
 var _ store.Store = (*DB)(nil)
@@ -119,7 +121,8 @@ func Open(ctx context.Context, path string, opts ...Option) (*DB, error) {
 	if db.read == db.write {
 		db.readStmts = db.writeStmts
 	}
-	db.queries = queries{r: db.readStmts, w: db.writeStmts, owner: db}
+	db.commit = newCommitter(db)
+	db.queries = queries{r: db.readStmts, w: batchedWriter{db}, owner: db}
 
 	// Connect the writer first: it switches the file to WAL, which a
 	// query_only reader cannot do.
@@ -161,6 +164,9 @@ func openPool(path, txlock string, pragmas []string, conns int) (*sql.DB, error)
 
 // Close closes both pools.
 func (db *DB) Close() error {
+	if db.commit != nil {
+		db.commit.close()
+	}
 	for _, c := range []*stmtCache{db.readStmts, db.writeStmts} {
 		if c != nil {
 			c.close()
@@ -187,36 +193,16 @@ func (db *DB) Ping(ctx context.Context) error {
 	return nil
 }
 
-// InTx runs fn in a transaction on the writer. The transaction begins
-// IMMEDIATE, taking the write lock at once, so a read followed by a write in
-// fn cannot fail halfway with SQLITE_BUSY. fn must not use db itself: the
-// writer is busy with fn's transaction and db's writes would wait for it.
-func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) (err error) {
-	sqlTx, err := db.write.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	done := false
-	defer func() {
-		if !done {
-			_ = sqlTx.Rollback() // fn panicked; the panic goes on
-		}
-	}()
-	ts := txStmts{tx: sqlTx, cache: db.writeStmts}
-	t := &tx{queries: queries{r: ts, w: ts}, tx: sqlTx}
-	t.owner = t
-	if err := fn(t); err != nil {
-		done = true
-		if rbErr := sqlTx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
-			return errors.Join(err, fmt.Errorf("rollback: %w", rbErr))
-		}
-		return err
-	}
-	done = true
-	if err := sqlTx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
+// InTx runs fn in a transaction on the writer and returns once it is
+// committed (or failed). Transactions queued together share one commit
+// (batch.go): fn runs under a savepoint of its own, so its error undoes
+// only its writes, and it sees the writes of the transactions before it,
+// as if they had committed one by one. The transaction begins IMMEDIATE,
+// so a read followed by a write in fn cannot fail halfway with
+// SQLITE_BUSY. fn must not use db itself: the writer is busy with fn's
+// transaction and db's writes would wait for it.
+func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
+	return db.commit.do(ctx, fn)
 }
 
 // tx is the store.Tx that InTx gives fn.
