@@ -314,6 +314,10 @@ func (s *Service) placeRuns(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			// Decide the page's placements (counting each as placed, so
+			// the next run of the page sees the slot taken), then store
+			// and push them: one commit per machine, the machines at once.
+			var batch []*assignment
 			for _, r := range page {
 				after = r.ID
 				c := p.conns[r.ConnectionID]
@@ -321,16 +325,26 @@ func (s *Service) placeRuns(ctx context.Context) error {
 				if p.reason(c, m) != "" {
 					continue // its machine filled up, or its user took a run there, earlier in this page
 				}
-				placed, err := s.assign(ctx, r, c, m)
+				a, err := s.prepareAssignment(ctx, r, c, m)
 				if err != nil {
 					s.Log.Error("assign run", "run_id", r.ID, "err", err)
 					continue
 				}
-				if placed {
-					p.load.Active[m.ID]++
-					if c.RunMode == deskrun.RunUnattended {
-						p.load.Unattended[store.MachineUser{MachineID: m.ID, Username: c.Username}] = true
-					}
+				if a == nil {
+					continue // failed (its flow version or credential is gone)
+				}
+				batch = append(batch, a)
+				p.load.Active[m.ID]++
+				if c.RunMode == deskrun.RunUnattended {
+					p.load.Unattended[store.MachineUser{MachineID: m.ID, Username: c.Username}] = true
+				}
+			}
+			for _, a := range s.assignAll(ctx, batch) {
+				// Not placed after all (cancelled meanwhile, or not
+				// stored): the slot is free again.
+				p.load.Active[a.m.ID]--
+				if a.c.RunMode == deskrun.RunUnattended {
+					delete(p.load.Unattended, store.MachineUser{MachineID: a.m.ID, Username: a.c.Username})
 				}
 			}
 			if len(page) < free {
@@ -460,27 +474,32 @@ func (s *Service) failQueued(ctx context.Context, connectionID string, e *deskru
 	return nil
 }
 
-// assign places a run on its machine as a desktop job: the run's
-// assignment and the job are one commit (AssignRun), made under the hub's
-// lock of the machine, and the job is pushed after it. It reports whether
-// the run was placed: not when it was cancelled meanwhile, nor when it
-// failed here (its flow or its credential for the machine is gone).
-func (s *Service) assign(ctx context.Context, r *deskrun.Run, c *deskrun.Connection, m *deskrun.Machine) (bool, error) {
+// assignment is a run the scheduler places, with the job that carries it.
+type assignment struct {
+	r *deskrun.Run
+	c *deskrun.Connection
+	m *deskrun.Machine
+	j *deskrun.Job
+}
+
+// prepareAssignment builds the job that carries r to m. It fails the run,
+// and returns nil, when the flow version or the credential for m is gone.
+func (s *Service) prepareAssignment(ctx context.Context, r *deskrun.Run, c *deskrun.Connection, m *deskrun.Machine) (*assignment, error) {
 	flow, err := s.Store.GetDesktopFlow(ctx, r.Flow, r.Version)
 	if err != nil {
 		s.failRun(ctx, r, withMachine(err, m.Name).(*deskrun.Error))
-		return false, nil
+		return nil, nil
 	}
 	var man desktopflow.Manifest
 	if err := json.Unmarshal(flow.Manifest, &man); err != nil {
-		return false, err
+		return nil, err
 	}
 	cred, ok := c.CredentialFor(m.ID)
 	if !ok {
 		e := identity.Fail(deskrun.CodeSealedCredentialInvalid, nil)
 		e.Message, e.Machine = "the connection has no credential sealed for machine "+m.Name, m.Name
 		s.failRun(ctx, r, e)
-		return false, nil
+		return nil, nil
 	}
 	var inputs map[string]any
 	_ = json.Unmarshal(r.Inputs, &inputs)
@@ -494,26 +513,84 @@ func (s *Service) assign(ctx context.Context, r *deskrun.Run, c *deskrun.Connect
 	}
 	payload, err := json.Marshal(p)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	now := s.now()
 	j := &deskrun.Job{ID: deskrun.NewID("j", now), MachineID: m.ID, Kind: wire.JobDesktop, Payload: payload}
 	r.State, r.MachineID, r.JobID, r.AssignedAt, r.UpdatedAt, r.PlacementReason = deskrun.RunAssigned, m.ID, j.ID, now, now, ""
+	return &assignment{r: r, c: c, m: m, j: j}, nil
+}
+
+// assignAll stores and pushes the assignments: those of one machine in one
+// transaction (store.AssignRun for each, under the hub's machine lock),
+// the machines concurrently, so that their commits share one (the store
+// batches concurrent transactions). It returns the assignments that were
+// not placed: cancelled meanwhile, or not stored (logged).
+func (s *Service) assignAll(ctx context.Context, as []*assignment) (notPlaced []*assignment) {
+	if len(as) == 0 {
+		return nil
+	}
+	byMachine := map[string][]*assignment{}
+	var order []string
+	for _, a := range as {
+		if byMachine[a.m.ID] == nil {
+			order = append(order, a.m.ID)
+		}
+		byMachine[a.m.ID] = append(byMachine[a.m.ID], a)
+	}
 	// Known before the push: the agent's first progress may come at once.
 	s.sched.mu.Lock()
-	s.sched.jobRuns[j.ID] = r.ID
-	s.sched.mu.Unlock()
-	placed, err := s.Hub.SubmitWith(ctx, j, func(ctx context.Context, j *deskrun.Job) (bool, error) {
-		return s.Store.AssignRun(ctx, r, j)
-	})
-	if !placed {
-		s.sched.mu.Lock()
-		delete(s.sched.jobRuns, j.ID)
-		s.sched.mu.Unlock()
-		return false, err // cancelled meanwhile (nil), or not stored
+	for _, a := range as {
+		s.sched.jobRuns[a.j.ID] = a.r.ID
 	}
-	s.wakeRun(r.ID)
-	return true, nil
+	s.sched.mu.Unlock()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, id := range order {
+		group := byMachine[id]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			js := make([]*deskrun.Job, len(group))
+			for i, a := range group {
+				js[i] = a.j
+			}
+			stored, err := s.Hub.SubmitAll(ctx, id, js, func(ctx context.Context, js []*deskrun.Job) ([]bool, error) {
+				ok := make([]bool, len(js))
+				err := s.Store.InTx(ctx, func(tx store.Tx) error {
+					for i, a := range group {
+						var err error
+						if ok[i], err = tx.AssignRun(ctx, a.r, js[i]); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				return ok, err
+			})
+			if err != nil {
+				s.Log.Error("assign runs", "machine", id, "runs", len(group), "err", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for i, a := range group {
+				if err == nil && stored[i] {
+					s.wakeRun(a.r.ID)
+					continue
+				}
+				notPlaced = append(notPlaced, a)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(notPlaced) > 0 {
+		s.sched.mu.Lock()
+		for _, a := range notPlaced {
+			delete(s.sched.jobRuns, a.j.ID)
+		}
+		s.sched.mu.Unlock()
+	}
+	return notPlaced
 }
 
 func (s *Service) failRun(ctx context.Context, r *deskrun.Run, e *deskrun.Error) {

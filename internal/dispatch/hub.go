@@ -240,28 +240,50 @@ func (h *Hub) Submit(ctx context.Context, j *deskrun.Job) error {
 // register reads the machine's queued jobs under that lock. The job is
 // committed before it is sent.
 func (h *Hub) SubmitWith(ctx context.Context, j *deskrun.Job, create func(context.Context, *deskrun.Job) (bool, error)) (bool, error) {
-	m := h.machine(j.MachineID)
-	now := h.now()
-	j.CreatedAt, j.UpdatedAt = now, now
-	if j.ID == "" {
-		j.ID = deskrun.NewID("j", now)
-	}
-	m.mu.Lock()
-	c := m.conn
-	j.State = deskrun.JobQueued
-	if c != nil {
-		j.State = deskrun.JobPushed
-	}
-	stored, err := create(ctx, j)
-	m.mu.Unlock()
-	if err != nil || !stored {
+	stored, err := h.SubmitAll(ctx, j.MachineID, []*deskrun.Job{j}, func(ctx context.Context, js []*deskrun.Job) ([]bool, error) {
+		ok, err := create(ctx, js[0])
+		return []bool{ok}, err
+	})
+	if err != nil {
 		return false, err
 	}
-	h.metrics.jobsCreated.Inc()
-	if c != nil {
-		c.send(&wire.Frame{Type: wire.FrameJob, Job: &wire.JobPush{ID: j.ID, Kind: j.Kind, Payload: j.Payload}})
+	return stored[0], nil
+}
+
+// SubmitAll is SubmitWith for several jobs of one machine stored by one
+// create (one commit: the scheduler assigns a pass's runs of a machine
+// together). create says which jobs it stored; those are pushed, in
+// order.
+func (h *Hub) SubmitAll(ctx context.Context, machineID string, js []*deskrun.Job, create func(context.Context, []*deskrun.Job) ([]bool, error)) ([]bool, error) {
+	m := h.machine(machineID)
+	now := h.now()
+	m.mu.Lock()
+	c := m.conn
+	for _, j := range js {
+		j.CreatedAt, j.UpdatedAt = now, now
+		if j.ID == "" {
+			j.ID = deskrun.NewID("j", now)
+		}
+		j.State = deskrun.JobQueued
+		if c != nil {
+			j.State = deskrun.JobPushed
+		}
 	}
-	return true, nil
+	stored, err := create(ctx, js)
+	m.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	for i, j := range js {
+		if !stored[i] {
+			continue
+		}
+		h.metrics.jobsCreated.Inc()
+		if c != nil {
+			c.send(&wire.Frame{Type: wire.FrameJob, Job: &wire.JobPush{ID: j.ID, Kind: j.Kind, Payload: j.Payload}})
+		}
+	}
+	return stored, nil
 }
 
 // Cancel asks the agent to cancel a job; a job not yet pushed is cancelled
