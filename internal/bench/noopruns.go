@@ -68,6 +68,10 @@ type NoopLevel struct {
 	// simulated agents).
 	ServerCPU time.Duration `json:"server_cpu_per_run_ns"`
 	BenchCPU  time.Duration `json:"bench_cpu_per_run_ns"`
+	// The store's commits per run, and write transactions per commit (how
+	// many shared one), from the server's metrics.
+	CommitsPerRun float64 `json:"commits_per_run"`
+	TxPerCommit   float64 `json:"transactions_per_commit"`
 }
 
 // NoopRunsResult is the ramp and its best level.
@@ -287,6 +291,10 @@ func noopLevel(ctx context.Context, w *world, conns []string, concurrency int, s
 		return nil, err
 	}
 	b0, _ := ReadCPU(os.Getpid())
+	m0, err := w.scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
 	lctx, cancel := context.WithTimeout(ctx, step)
 	defer cancel()
 	t0 := time.Now()
@@ -325,12 +333,21 @@ func noopLevel(ctx context.Context, w *world, conns []string, concurrency int, s
 		return nil, err
 	}
 	b1, _ := ReadCPU(os.Getpid())
+	m1, err := w.scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if len(samples) == 0 {
 		return nil, fmt.Errorf("noop runs: no run succeeded at concurrency %d: %v", concurrency, firstE.Load())
 	}
 	lv := &NoopLevel{Concurrency: concurrency, Runs: len(samples), Failed: int(failed.Load()),
 		RunsPerSec: float64(len(samples)) / wall.Seconds(),
 		ServerCPU:  (s1 - s0) / time.Duration(len(samples)), BenchCPU: (b1 - b0) / time.Duration(len(samples))}
+	const commits, txs = "deskrun_store_commits_total", "deskrun_store_write_transactions_total"
+	lv.CommitsPerRun = (m1[commits] - m0[commits]) / float64(len(samples))
+	if c := m1[commits] - m0[commits]; c > 0 {
+		lv.TxPerCommit = (m1[txs] - m0[txs]) / c
+	}
 	var lat, queue, push, finish, in []time.Duration
 	for _, s := range samples {
 		r := s.run

@@ -175,7 +175,7 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 				levels, step = []int{2, 8}, 500*time.Millisecond
 			}
 			rep.Noop, err = NoopRuns(ctx, NoopRunsOptions{Command: cmd, Data: dir(name), SQLiteSync: o.SQLiteSync,
-				Machines: sz(4, 2), Slots: sz(64, 4), Concurrency: levels, Step: step, ProfileDir: profile(name), Progress: o.Progress})
+				Machines: sz(32, 2), Slots: sz(8, 4), Concurrency: levels, Step: step, ProfileDir: profile(name), Progress: o.Progress})
 		case "run":
 			rep.Run, err = RunStart(ctx, RunOptions{N: sz(200, 3), Warmup: sz(5, 1), Hashes: []string{HashSHA512, HashYescrypt}, Env: desk(name)})
 		case "burst":

@@ -1,13 +1,16 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -272,6 +275,32 @@ func (w *world) stop() error {
 		w.tmp = ""
 	}
 	return errors.Join(errs...)
+}
+
+// scrape reads the server's /metrics: the unlabelled samples by name.
+func (w *world) scrape(ctx context.Context) (map[string]float64, error) {
+	body, err := w.Client.Stream(ctx, "/metrics")
+	if err != nil {
+		return nil, fmt.Errorf("scrape metrics: %w", err)
+	}
+	defer body.Close()
+	return parseMetrics(body)
+}
+
+// parseMetrics reads the Prometheus text format's unlabelled samples.
+func parseMetrics(r io.Reader) (map[string]float64, error) {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(sc.Text(), " ")
+		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
+			out[name] = v
+		}
+	}
+	return out, sc.Err()
 }
 
 // child is a deskrun process the bench started.
