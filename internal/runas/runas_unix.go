@@ -137,7 +137,13 @@ func Start(ctx context.Context, s Spec) (*Process, error) {
 			log.Info("runas_no_cgroup", "reason", err.Error())
 		} else {
 			cmd = command(fd)
+			// A child stopped by a signal between asking to be traced and
+			// its exec holds the forking thread in the vfork, so Start
+			// would never return: if ctx ends first, killing the cgroup
+			// frees it (the start then fails as cancelled).
+			stopKill := context.AfterFunc(ctx, func() { killCgroup(cg) })
 			p.checkTook, startErr = startAs(cmd, l)
+			stopKill()
 			unix.Close(fd)
 			var refused *ChildError
 			switch {
