@@ -400,8 +400,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if rows == nil {
 		rows = r.Rows()
 	}
-	fmt.Fprintf(w, "deskrun bench: %d cores (%s), %s, %s, load at start %s; %s\n", r.Host.Cores, r.Host.CPU, r.Host.Kernel, r.Host.GoVersion,
-		r.Host.LoadAvg, r.Duration.Round(time.Second))
+	if r.Host.Cores > 0 { // a whole suite's report
+		fmt.Fprintf(w, "deskrun bench: %d cores (%s), %s, %s, load at start %s; %s\n", r.Host.Cores, r.Host.CPU, r.Host.Kernel, r.Host.GoVersion,
+			r.Host.LoadAvg, r.Duration.Round(time.Second))
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SCENARIO\tFIGURE\tVALUE\tTARGET\tMET\tLIMIT\t× LIMIT")
 	for _, row := range rows {
