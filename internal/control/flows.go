@@ -235,11 +235,12 @@ func (s *Service) StartFlowRun(ctx context.Context, actor Actor, name string, in
 	if err != nil {
 		return nil, err
 	}
-	if err := s.Store.CreateFlowRun(ctx, r); err != nil {
+	n := s.newAdmission(ctx, r, def)
+	if err := s.Store.InTx(ctx, func(tx store.Tx) error { return n.create(ctx, tx) }); err != nil {
 		return nil, err
 	}
 	s.Log.Info("flow run created", "flow_run_id", r.ID, "flow", r.Flow, "actor", actor.ID)
-	s.admitFlowRuns(ctx, r.Flow)
+	s.admitted(ctx, n)
 	return s.Store.GetFlowRun(ctx, r.ID)
 }
 
@@ -256,6 +257,125 @@ func (s *Service) newFlowRun(fv *deskrun.FlowVersion, def *flow.Definition, inpu
 	}
 	return &deskrun.FlowRun{ID: deskrun.NewID("f", now), Flow: fv.Name, Version: fv.Version, Trigger: tr, Inputs: in,
 		State: deskrun.FlowRunQueued, CreatedAt: now, UpdatedAt: now}, nil
+}
+
+// admission carries a new flow run from its creation to its executor.
+// Most runs are admitted at once: then the run is written already running,
+// with its first step's first attempt, in the transaction that creates it
+// (one commit where a queued run, its admission and its first step took
+// three), and the executor starts from what is in hand instead of reading
+// it back. Durability is the same as a step started by the executor: the
+// attempt, and the desktop run id it will create, are committed before it
+// acts, so a server that dies after the commit resumes the run from it.
+type admission struct {
+	s     *Service
+	run   *deskrun.FlowRun
+	def   *flow.Definition
+	limit int
+	// first is the first step's first attempt, decided before the
+	// transaction (its `if` evaluated): written with the run if admitted.
+	first *deskrun.FlowStep
+	// admit: the run was written running (create's transaction committed).
+	admit bool
+}
+
+// newAdmission prepares the admission of r, a new queued run of def.
+func (s *Service) newAdmission(ctx context.Context, r *deskrun.FlowRun, def *flow.Definition) *admission {
+	n := &admission{s: s, run: r, def: def}
+	n.limit, _ = def.Limit()
+	if len(def.Steps) == 0 {
+		return n
+	}
+	step := &def.Steps[0]
+	n.first = &deskrun.FlowStep{RunID: r.ID, StepID: step.ID, Attempt: 1, Kind: step.Kind(), State: deskrun.FlowStepRunning}
+	if c := step.Cond(); c != nil {
+		// As runStep does for a step with no attempt yet: skipped, or
+		// failed when the condition cannot be evaluated.
+		trigger, inputs := runVars(r)
+		ok, err := c.EvalBool(ctx, flow.Vars(trigger, inputs, map[string]flow.StepState{}, nil))
+		switch {
+		case err != nil:
+			n.first.State, n.first.Error = deskrun.FlowStepFailed, &deskrun.Error{Code: deskrun.CodeFlowStepFailed, Message: "if: " + err.Error()}
+		case !ok:
+			n.first.State = deskrun.FlowStepSkipped
+		}
+	}
+	return n
+}
+
+// check reports whether the flow's concurrency limit is reached (by its
+// queued and running runs, as overlap: skip counts them), and whether a
+// run is queued already: a new run then queues behind it.
+func (n *admission) check(ctx context.Context, tx store.Tx) (full, queued bool, err error) {
+	f := store.FlowRunFilter{Flow: n.run.Flow, States: []deskrun.FlowRunState{deskrun.FlowRunQueued}, Limit: 1}
+	if n.limit > 0 {
+		f.States, f.Limit = append(f.States, deskrun.FlowRunRunning), n.limit
+	}
+	active, err := tx.ListFlowRuns(ctx, f)
+	if err != nil {
+		return false, false, err
+	}
+	queued = slices.ContainsFunc(active, func(r *deskrun.FlowRun) bool { return r.State == deskrun.FlowRunQueued })
+	return n.limit > 0 && len(active) >= n.limit, queued, nil
+}
+
+// create writes the run in tx: running with its first attempt when the
+// concurrency limit admits it at once (no run queued before it, fewer
+// than the limit running), queued otherwise.
+func (n *admission) create(ctx context.Context, tx store.Tx) error {
+	full, queued, err := n.check(ctx, tx)
+	if err != nil {
+		return err
+	}
+	return n.write(ctx, tx, !full && !queued)
+}
+
+// write writes the run, running with its first attempt if admit, else
+// queued.
+func (n *admission) write(ctx context.Context, tx store.Tx, admit bool) error {
+	r := n.run
+	n.admit = false
+	r.State, r.StartedAt, r.UpdatedAt = deskrun.FlowRunQueued, time.Time{}, r.CreatedAt
+	if admit {
+		now := n.s.now()
+		r.State, r.StartedAt, r.UpdatedAt = deskrun.FlowRunRunning, now, now
+	}
+	if err := tx.CreateFlowRun(ctx, r); err != nil {
+		return err
+	}
+	if admit && n.first != nil {
+		st := n.first
+		st.StartedAt, st.FinishedAt, st.DesktopRunID = r.StartedAt, time.Time{}, ""
+		if st.State != deskrun.FlowStepRunning {
+			st.FinishedAt = r.StartedAt
+		} else if n.def.Steps[0].Desktop != nil {
+			// Chosen and committed before the desktop run exists, as
+			// runStep does: a restart re-attaches to it or creates it.
+			st.DesktopRunID = deskrun.NewID("r", st.StartedAt)
+		}
+		if err := tx.StartFlowStep(ctx, st); err != nil {
+			return err
+		}
+	}
+	n.admit = admit
+	return nil
+}
+
+// admitted goes on after create's transaction committed: the executor of
+// a run admitted at once, or the queue's admission otherwise.
+func (s *Service) admitted(ctx context.Context, n *admission) {
+	if !n.admit {
+		s.admitFlowRuns(ctx, n.run.Flow)
+		return
+	}
+	// The executor owns what it is handed: the caller keeps a copy.
+	r := *n.run
+	var first *deskrun.FlowStep
+	if n.first != nil {
+		st := *n.first
+		first = &st
+	}
+	s.advanceFresh(&freshRun{run: &r, def: n.def, first: first})
 }
 
 // admitFlowRuns moves queued runs of a flow to running, oldest first,
@@ -291,8 +411,23 @@ func (s *Service) admitFlowRuns(ctx context.Context, name string) {
 	}
 }
 
+// freshRun is a run admitted at once, handed to its executor with what
+// its creation wrote, so that the executor reads none of it back.
+type freshRun struct {
+	run *deskrun.FlowRun
+	def *flow.Definition
+	// first is the first step's attempt committed with the run, or nil;
+	// if running, nothing acted on it yet.
+	first *deskrun.FlowStep
+}
+
 // advance runs a flow run's executor unless this process runs it already.
-func (s *Service) advance(id string) {
+func (s *Service) advance(id string) { s.startExecutor(id, nil) }
+
+// advanceFresh runs the executor of a run just admitted.
+func (s *Service) advanceFresh(f *freshRun) { s.startExecutor(f.run.ID, f) }
+
+func (s *Service) startExecutor(id string, fresh *freshRun) {
 	s.flows.mu.Lock()
 	if s.flows.active == nil {
 		s.flows.active = map[string]bool{}
@@ -307,7 +442,7 @@ func (s *Service) advance(id string) {
 	s.flows.mu.Unlock()
 	go func() {
 		defer s.flows.wg.Done()
-		flowName := s.execFlowRun(ctx, id)
+		flowName := s.execFlowRun(ctx, id, fresh)
 		s.flows.mu.Lock()
 		delete(s.flows.active, id)
 		s.flows.mu.Unlock()
@@ -352,40 +487,62 @@ func (s *Service) ListFlowRuns(ctx context.Context, f store.FlowRunFilter) ([]*d
 	return s.Store.ListFlowRuns(ctx, f)
 }
 
+// runVars decodes a run's trigger and inputs as step expressions see them.
+func runVars(r *deskrun.FlowRun) (trigger any, inputs map[string]any) {
+	_ = json.Unmarshal(r.Trigger, &trigger)
+	inputs = map[string]any{}
+	_ = json.Unmarshal(r.Inputs, &inputs)
+	return trigger, inputs
+}
+
 // execFlowRun advances a run from its last committed step to its end and
-// returns the flow's name (for admitting queued runs).
-func (s *Service) execFlowRun(ctx context.Context, id string) string {
+// returns the flow's name (for admitting queued runs). fresh, when not
+// nil, is the run as its admission wrote it: nothing is read back.
+func (s *Service) execFlowRun(ctx context.Context, id string, fresh *freshRun) string {
+	if fresh != nil {
+		return s.execSteps(ctx, fresh.run, fresh.def, []*deskrun.FlowStep{fresh.first}, fresh.first)
+	}
 	r, err := s.Store.GetFlowRun(ctx, id)
 	if err != nil || r.State != deskrun.FlowRunRunning {
 		return ""
 	}
-	fail := func(e *deskrun.Error) string {
-		now := s.now()
-		r.State, r.Error, r.FinishedAt, r.UpdatedAt = deskrun.FlowRunFailed, e, now, now
-		if _, err := s.Store.UpdateFlowRun(context.WithoutCancel(ctx), r); err != nil {
-			s.Log.Error("fail flow run", "flow_run_id", r.ID, "err", err)
-		}
-		return r.Flow
-	}
 	fv, err := s.Store.GetFlowVersion(ctx, r.Flow, r.Version)
 	if err != nil {
-		return fail(&deskrun.Error{Code: deskrun.CodeNotFound, Message: fmt.Sprintf("flow %s v%d was deleted before the run ended", r.Flow, r.Version)})
+		return s.failFlowRun(ctx, r, &deskrun.Error{Code: deskrun.CodeNotFound, Message: fmt.Sprintf("flow %s v%d was deleted before the run ended", r.Flow, r.Version)})
 	}
 	def, err := s.Definition(fv)
 	if err != nil {
-		return fail(&deskrun.Error{Code: deskrun.CodeFlowInvalid, Message: err.Error()})
+		return s.failFlowRun(ctx, r, &deskrun.Error{Code: deskrun.CodeFlowInvalid, Message: err.Error()})
 	}
-	var trigger any
-	_ = json.Unmarshal(r.Trigger, &trigger)
-	inputs := map[string]any{}
-	_ = json.Unmarshal(r.Inputs, &inputs)
 	recs, err := s.Store.ListFlowSteps(ctx, id)
 	if err != nil {
 		s.Log.Error("flow run steps", "flow_run_id", id, "err", err)
 		return ""
 	}
+	return s.execSteps(ctx, r, def, recs, nil)
+}
+
+// failFlowRun ends r failed with e and returns the flow's name.
+func (s *Service) failFlowRun(ctx context.Context, r *deskrun.FlowRun, e *deskrun.Error) string {
+	now := s.now()
+	r.State, r.Error, r.FinishedAt, r.UpdatedAt = deskrun.FlowRunFailed, e, now, now
+	if _, err := s.Store.UpdateFlowRun(context.WithoutCancel(ctx), r); err != nil {
+		s.Log.Error("fail flow run", "flow_run_id", r.ID, "err", err)
+	}
+	return r.Flow
+}
+
+// execSteps runs r's steps from recs, its committed attempts. fresh, if
+// not nil, is one of them that this process committed and nothing acted
+// on yet (a new run's first attempt).
+func (s *Service) execSteps(ctx context.Context, r *deskrun.FlowRun, def *flow.Definition, recs []*deskrun.FlowStep, fresh *deskrun.FlowStep) string {
+	fail := func(e *deskrun.Error) string { return s.failFlowRun(ctx, r, e) }
+	trigger, inputs := runVars(r)
 	last := map[string]*deskrun.FlowStep{}
 	for _, st := range recs {
+		if st == nil {
+			continue
+		}
 		if p := last[st.StepID]; p == nil || st.Attempt > p.Attempt {
 			last[st.StepID] = st
 		}
@@ -395,10 +552,11 @@ func (s *Service) execFlowRun(ctx context.Context, id string) string {
 	for i := range def.Steps {
 		step := &def.Steps[i]
 		vars := flow.Vars(trigger, inputs, states, nil)
-		st, err := s.runStep(ctx, r, step, vars, last[step.ID])
+		prev := last[step.ID]
+		st, err := s.runStep(ctx, r, step, vars, prev, prev != nil && prev == fresh)
 		if err != nil {
 			if ctx.Err() == nil {
-				s.Log.Error("flow step", "flow_run_id", id, "step", step.ID, "err", err)
+				s.Log.Error("flow step", "flow_run_id", r.ID, "step", step.ID, "err", err)
 			}
 			return "" // stopping: the run resumes at the next start
 		}
@@ -452,9 +610,11 @@ func retryable(e *deskrun.Error) bool {
 }
 
 // runStep brings one step to a committed result, resuming from prev (its
-// latest committed attempt, or nil) and retrying transient failures. An
-// error means the engine is stopping; nothing was decided.
-func (s *Service) runStep(ctx context.Context, r *deskrun.FlowRun, step *flow.Step, vars map[string]any, prev *deskrun.FlowStep) (*deskrun.FlowStep, error) {
+// latest committed attempt, or nil) and retrying transient failures. With
+// fresh, prev was committed by this process and nothing acted on it: it is
+// carried out, not resumed. An error means the engine is stopping; nothing
+// was decided.
+func (s *Service) runStep(ctx context.Context, r *deskrun.FlowRun, step *flow.Step, vars map[string]any, prev *deskrun.FlowStep, fresh bool) (*deskrun.FlowStep, error) {
 	maxAttempts := 1
 	if step.Retry != nil {
 		maxAttempts += step.Retry.Max
@@ -472,7 +632,7 @@ func (s *Service) runStep(ctx context.Context, r *deskrun.FlowRun, step *flow.St
 			attempt = prev.Attempt + 1
 		case deskrun.FlowStepRunning:
 			switch {
-			case step.Desktop != nil:
+			case fresh || step.Desktop != nil:
 				resume = prev
 				attempt = prev.Attempt
 			case step.HTTP.Idempotent:
@@ -511,6 +671,9 @@ func (s *Service) runStep(ctx context.Context, r *deskrun.FlowRun, step *flow.St
 	}
 	for {
 		st := resume
+		// A desktop run may exist only for an attempt a stopped server
+		// started; one started here has not created its run yet.
+		attached := st != nil && !fresh
 		resume = nil
 		if st == nil {
 			st = &deskrun.FlowStep{RunID: r.ID, StepID: step.ID, Attempt: attempt, Kind: step.Kind(), State: deskrun.FlowStepRunning, StartedAt: s.now()}
@@ -526,7 +689,7 @@ func (s *Service) runStep(ctx context.Context, r *deskrun.FlowRun, step *flow.St
 		var stepErr *deskrun.Error
 		var err error
 		if step.Desktop != nil {
-			outputs, stepErr, err = s.desktopStep(ctx, r, step.Desktop, st, vars)
+			outputs, stepErr, err = s.desktopStep(ctx, r, step.Desktop, st, vars, attached)
 		} else {
 			outputs, stepErr, err = s.httpStep(ctx, step.HTTP, vars)
 		}
@@ -555,11 +718,15 @@ func (s *Service) runStep(ctx context.Context, r *deskrun.FlowRun, step *flow.St
 	}
 }
 
-// desktopStep starts (or re-attaches to) the step's desktop run and waits
-// for it by event.
-func (s *Service) desktopStep(ctx context.Context, r *deskrun.FlowRun, ds *flow.DesktopStep, st *deskrun.FlowStep, vars map[string]any) (map[string]any, *deskrun.Error, error) {
-	run, err := s.Store.GetRun(ctx, st.DesktopRunID)
-	if deskrun.IsCode(err, deskrun.CodeNotFound) {
+// desktopStep starts the step's desktop run (or, with attached, re-attaches
+// to it if it exists) and waits for it by event.
+func (s *Service) desktopStep(ctx context.Context, r *deskrun.FlowRun, ds *flow.DesktopStep, st *deskrun.FlowStep, vars map[string]any, attached bool) (map[string]any, *deskrun.Error, error) {
+	var run *deskrun.Run
+	var err error
+	if attached {
+		run, err = s.Store.GetRun(ctx, st.DesktopRunID)
+	}
+	if !attached || deskrun.IsCode(err, deskrun.CodeNotFound) {
 		inputs, rerr := ds.RenderInputs(ctx, vars)
 		if rerr != nil {
 			return nil, &deskrun.Error{Code: deskrun.CodeFlowStepFailed, Message: rerr.Error()}, nil
@@ -732,25 +899,25 @@ func (s *Service) FireSchedules(ctx context.Context) (int, error) {
 			s.Log.Error("schedule run", "flow", fv.Name, "err", err)
 			continue
 		}
-		limit, overlap := def.Limit()
+		_, overlap := def.Limit()
+		n := s.newAdmission(ctx, r, def)
 		created := false
 		err = s.Store.InTx(ctx, func(tx store.Tx) error {
+			created = false
+			full, queued, err := n.check(ctx, tx)
+			if err != nil {
+				return err
+			}
 			runID := r.ID
-			if limit > 0 && overlap == flow.OverlapSkip {
-				active, err := tx.ListFlowRuns(ctx, store.FlowRunFilter{Flow: fv.Name, States: []deskrun.FlowRunState{deskrun.FlowRunQueued, deskrun.FlowRunRunning}, Limit: limit})
-				if err != nil {
-					return err
-				}
-				if len(active) >= limit {
-					runID = ""
-				}
+			if full && overlap == flow.OverlapSkip {
+				runID = ""
 			}
 			ok, err := tx.ClaimScheduleTick(ctx, fv.Name, due, runID)
 			if err != nil || !ok || runID == "" {
 				return err
 			}
 			created = true
-			return tx.CreateFlowRun(ctx, r)
+			return n.write(ctx, tx, !full && !queued)
 		})
 		if err != nil {
 			return fired, err
@@ -758,7 +925,7 @@ func (s *Service) FireSchedules(ctx context.Context) (int, error) {
 		if created {
 			fired++
 			s.Log.Info("schedule tick", "flow", fv.Name, "tick", due, "flow_run_id", r.ID)
-			s.admitFlowRuns(ctx, fv.Name)
+			s.admitted(ctx, n)
 		}
 	}
 	s.armSchedule()
@@ -870,9 +1037,11 @@ func (s *Service) Webhook(ctx context.Context, hookID string, header http.Header
 	if err != nil {
 		return nil, false, err
 	}
+	n := s.newAdmission(ctx, r, def)
 	first := ""
 	_, v1, _ := strings.Cut(sig, "v1=")
 	err = s.Store.InTx(ctx, func(tx store.Tx) error {
+		first = ""
 		if key != "" {
 			id, created, err := tx.RecordWebhookDelivery(ctx, hookID, "key:"+key, r.ID, s.now())
 			if err != nil || !created {
@@ -885,7 +1054,7 @@ func (s *Service) Webhook(ctx context.Context, hookID string, header http.Header
 		} else if !created {
 			return bad("this signed request was delivered already (a replay); sign each delivery with its own timestamp")
 		}
-		return tx.CreateFlowRun(ctx, r)
+		return n.create(ctx, tx)
 	})
 	if err != nil {
 		return nil, false, err
@@ -894,9 +1063,10 @@ func (s *Service) Webhook(ctx context.Context, hookID string, header http.Header
 		r, err := s.Store.GetFlowRun(ctx, first)
 		return r, false, err
 	}
-	s.Log.Info("webhook run", "hook", hookID, "flow", fv.Name, "flow_run_id", r.ID)
-	s.admitFlowRuns(ctx, fv.Name)
-	r, err = s.Store.GetFlowRun(ctx, r.ID)
+	id := r.ID
+	s.Log.Info("webhook run", "hook", hookID, "flow", fv.Name, "flow_run_id", id)
+	s.admitted(ctx, n)
+	r, err = s.Store.GetFlowRun(ctx, id)
 	return r, true, err
 }
 

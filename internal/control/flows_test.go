@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -363,6 +364,146 @@ steps:
 			require.Equal(t, deskrun.FlowRunFailed, got.State)
 			require.Equal(t, deskrun.CodeFlowStepInterrupted, got.Error.Code)
 			require.Equal(t, before, tg.hits.Load(), "nothing is sent twice")
+		}
+	}
+}
+
+// gate is an HTTP target that holds each request until released, and says
+// when one arrives.
+type gate struct {
+	*httptest.Server
+	arrived chan struct{}
+	release chan struct{}
+	hits    atomic.Int32
+	once    sync.Once
+}
+
+func newGate(t *testing.T) *gate {
+	g := &gate{arrived: make(chan struct{}, 16), release: make(chan struct{})}
+	g.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.hits.Add(1)
+		g.arrived <- struct{}{}
+		select {
+		case <-g.release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(g.Close)
+	t.Cleanup(g.open)
+	return g
+}
+
+// open lets every request held, and every later one, through.
+func (g *gate) open() { g.once.Do(func() { close(g.release) }) }
+
+func (g *gate) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-g.arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no request reached the target")
+	}
+}
+
+// TestAdmittedRunStartsInOneCommit: a webhook's delivery, its run (running
+// at once) and the first step's attempt are one commit, and the step acts
+// with nothing more committed.
+func TestAdmittedRunStartsInOneCommit(t *testing.T) {
+	t.Parallel()
+	c := &clock{now: t0}
+	st := openStore(t, filepath.Join(t.TempDir(), "d.db"))
+	s := flowService(t, st, c)
+	g := newGate(t)
+	ctx := t.Context()
+	require.NoError(t, s.SetSecret(ctx, Actor{}, "hook_key", []byte("hk")))
+	apply(t, s, "name: gated\ntriggers:\n  webhook: {id: g, secret: hook_key}\nsteps:\n  - id: a\n    http: {url: '"+g.URL+"'}\n")
+	stats := st.(interface{ CommitStats() (int64, int64) })
+	before, _ := stats.CommitStats()
+	body := []byte(`{"n": 1}`)
+	h := http.Header{}
+	h.Set(notify.SignatureHeader, notify.Sign([]byte("hk"), c.Now(), body))
+	r, created, err := s.Webhook(ctx, "g", h, body)
+	require.NoError(t, err)
+	require.True(t, created)
+	require.Equal(t, deskrun.FlowRunRunning, r.State)
+	require.Equal(t, t0, r.StartedAt)
+
+	g.wait(t)
+	after, _ := stats.CommitStats()
+	require.Equal(t, before+1, after, "delivery, run and first attempt in one commit")
+	steps, err := st.ListFlowSteps(ctx, r.ID)
+	require.NoError(t, err)
+	require.Len(t, steps, 1)
+	require.Equal(t, deskrun.FlowStepRunning, steps[0].State)
+	require.Equal(t, r.StartedAt, steps[0].StartedAt)
+
+	g.open()
+	r, steps = waitRun(t, s, r.ID)
+	require.Equal(t, deskrun.FlowRunSucceeded, r.State, "%+v", r.Error)
+	require.Len(t, steps, 1)
+	require.EqualValues(t, 1, g.hits.Load())
+}
+
+// TestConcurrencyQueue: past the limit a run queues, with no step, and
+// starts when the run before it ends.
+func TestConcurrencyQueue(t *testing.T) {
+	t.Parallel()
+	c := &clock{now: t0}
+	s := flowService(t, openStore(t, ":memory:"), c)
+	g := newGate(t)
+	apply(t, s, "name: one\nconcurrency: {max: 1}\nsteps:\n  - id: a\n    http: {url: '"+g.URL+"', timeout: 1m}\n")
+	ctx := t.Context()
+	r1, err := s.StartFlowRun(ctx, Actor{}, "one", nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, deskrun.FlowRunRunning, r1.State)
+	g.wait(t)
+	c.Add(time.Second)
+	r2, err := s.StartFlowRun(ctx, Actor{}, "one", nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, deskrun.FlowRunQueued, r2.State)
+	require.True(t, r2.StartedAt.IsZero())
+	_, steps, err := s.FlowRun(ctx, r2.ID, 0)
+	require.NoError(t, err)
+	require.Empty(t, steps)
+
+	g.open()
+	r1, _ = waitRun(t, s, r1.ID)
+	r2, steps = waitRun(t, s, r2.ID)
+	require.Equal(t, deskrun.FlowRunSucceeded, r1.State)
+	require.Equal(t, deskrun.FlowRunSucceeded, r2.State)
+	require.Len(t, steps, 1)
+	require.False(t, r2.StartedAt.Before(r1.FinishedAt), "the queued run started after the first ended")
+	require.EqualValues(t, 2, g.hits.Load())
+}
+
+// TestCrashAfterAdmission: the server dies right after the commit that
+// admits a run with its first attempt, before the step acts. The restart
+// resumes the run from that attempt as from any started one.
+func TestCrashAfterAdmission(t *testing.T) {
+	t.Parallel()
+	for _, idempotent := range []bool{false, true} {
+		c := &clock{now: t0}
+		st := openStore(t, filepath.Join(t.TempDir(), "d.db"))
+		tg := newTarget(t)
+		// No engine: what the admission commits is all that happens.
+		dead := &Service{Store: st, Log: slog.New(slog.DiscardHandler), Now: c.Now, Flows: FlowPolicy{NoTimer: true}}
+		_, _, _, err := dead.ApplyFlow(t.Context(), Actor{}, "f.yaml", []byte(fmt.Sprintf(
+			"name: one\nsteps:\n  - id: a\n    http: {url: '%s', idempotent: %t}\n", tg.URL, idempotent)))
+		require.NoError(t, err)
+		r, err := dead.StartFlowRun(t.Context(), Actor{}, "one", nil, nil)
+		require.NoError(t, err)
+		require.Equal(t, deskrun.FlowRunRunning, r.State)
+
+		restarted := flowService(t, st, c)
+		got, steps := waitRun(t, restarted, r.ID)
+		if idempotent {
+			require.Equal(t, deskrun.FlowRunSucceeded, got.State, "%+v", got.Error)
+			require.Len(t, steps, 2, "a#1 interrupted, a#2")
+			require.EqualValues(t, 1, tg.hits.Load())
+		} else {
+			require.Equal(t, deskrun.FlowRunFailed, got.State)
+			require.Equal(t, deskrun.CodeFlowStepInterrupted, got.Error.Code)
+			require.Zero(t, tg.hits.Load())
 		}
 	}
 }
