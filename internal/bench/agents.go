@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -41,8 +42,12 @@ type AgentsOptions struct {
 	// Heartbeat is the server's heartbeat interval (the agents follow it).
 	Heartbeat time.Duration
 	// CPUWindow is how long server CPU time is sampled with N agents
-	// heartbeating.
+	// heartbeating, at least.
 	CPUWindow time.Duration
+	// Steady, if longer than CPUWindow, extends the steady phase (see
+	// AgentsResult.Peak) up to that long, until the server has completed
+	// two GC cycles.
+	Steady time.Duration
 	// Settle bounds the wait for the server's RSS to stop moving before
 	// each memory reading.
 	Settle time.Duration
@@ -62,8 +67,16 @@ type AgentsOptions struct {
 type MemStats struct {
 	HeapInuse  int64 `json:"heap_inuse_bytes"`
 	StackInuse int64 `json:"stack_inuse_bytes"`
+	// NextGC is the heap size at which the next collection starts: the
+	// live heap of the last collection plus GOGC% of it (and of the
+	// stacks), or less under GOMEMLIMIT. A running server's heap grows to
+	// it between collections, and its RSS with it.
+	NextGC     int64 `json:"next_gc_bytes"`
 	Sys        int64 `json:"sys_bytes"`
 	Goroutines int64 `json:"goroutines"`
+	// The GC's settings as the server runs with them (GOGC, GOMEMLIMIT).
+	GOGC       int64 `json:"gogc_percent"`
+	GOMEMLIMIT int64 `json:"gomemlimit_bytes"`
 }
 
 // AgentsResult is what the idle-agents scenario measured.
@@ -78,15 +91,32 @@ type AgentsResult struct {
 	After       Mem      `json:"after"`  // all connected and idle, settled
 	MemBefore   MemStats `json:"memstats_before"`
 	MemAfter    MemStats `json:"memstats_after"`
-	PerAgentRSS int64    `json:"per_agent_rss_bytes"`
+	PerAgentRSS int64    `json:"per_agent_rss_bytes"` // from After: one reading, wherever the GC cycle was; see Peak
 	PerAgentPSS int64    `json:"per_agent_pss_bytes"`
 	// Go heap and goroutine stacks per agent: the part of RSS that is ours.
-	PerAgentHeap  int64 `json:"per_agent_heap_inuse_bytes"`
-	PerAgentStack int64 `json:"per_agent_stack_inuse_bytes"`
+	PerAgentHeap   int64 `json:"per_agent_heap_inuse_bytes"`
+	PerAgentStack  int64 `json:"per_agent_stack_inuse_bytes"`
+	PerAgentNextGC int64 `json:"per_agent_next_gc_bytes"`
+
+	// The open-file limits of the server and of this process (each holds
+	// one socket per agent), and /proc/loadavg when the run started and
+	// when it ended: the machine may be shared.
+	ServerFileLimit int64  `json:"server_file_limit"`
+	BenchFileLimit  int64  `json:"bench_file_limit"`
+	LoadAvgStart    string `json:"loadavg_at_start"`
+	LoadAvgEnd      string `json:"loadavg_at_end"`
+
+	// Peak is the largest memory reading over the steady phase, which
+	// lasts CPUWindow, or longer (up to AgentsOptions.Steady) until the
+	// server has completed two GC cycles; GCCycles is how many it saw.
+	Peak            Mem   `json:"peak"`
+	GCCycles        int   `json:"gc_cycles"`
+	PerAgentPeakRSS int64 `json:"per_agent_peak_rss_bytes"`
+	PerAgentPeakPSS int64 `json:"per_agent_peak_pss_bytes"`
 
 	IdleCPUPercent float64       `json:"idle_cpu_percent"` // no agent connected
-	CPUWindow      time.Duration `json:"cpu_window_ns"`
-	CPU            time.Duration `json:"cpu_ns"` // server utime+stime in the window
+	CPUWindow      time.Duration `json:"cpu_window_ns"`    // the steady phase, over which CPU is counted
+	CPU            time.Duration `json:"cpu_ns"`           // server utime+stime in the window
 	Heartbeats     int64         `json:"heartbeats"`
 	CPUPercent     float64       `json:"cpu_percent"` // of one core
 	// CPUPercentPer1000At10s scales CPUPercent linearly to 1,000 agents
@@ -94,6 +124,30 @@ type AgentsResult struct {
 	CPUPercentPer1000At10s float64       `json:"cpu_percent_per_1000_agents_at_10s"`
 	CPUPerHeartbeat        time.Duration `json:"cpu_per_heartbeat_ns"`
 }
+
+// AgentsSeries runs Agents once per count, each time with a fresh server
+// process and data directory (a subdirectory of o.Data, if set), so that
+// every count is measured from the same start.
+func AgentsSeries(ctx context.Context, o AgentsOptions, counts []int) ([]*AgentsResult, error) {
+	out := make([]*AgentsResult, 0, len(counts))
+	for _, n := range counts {
+		run := o
+		run.N = n
+		if o.Data != "" {
+			run.Data = filepath.Join(o.Data, fmt.Sprintf("agents-%d", n))
+		}
+		r, err := Agents(ctx, run)
+		if err != nil {
+			return out, fmt.Errorf("%d agents: %w", n, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// fileLimitMargin is how many descriptors a process needs besides one
+// socket per agent: listeners, the store, API connections.
+const fileLimitMargin = 256
 
 // Agents starts a deskrun server as its own process (so its memory is its
 // own), enrolls o.N simulated agents through the enrollment endpoint,
@@ -120,8 +174,14 @@ func Agents(ctx context.Context, o AgentsOptions) (_ *AgentsResult, err error) {
 			fmt.Fprintf(o.Progress, format+"\n", a...)
 		}
 	}
-	if _, err := RaiseFileLimit(); err != nil {
+	res := &AgentsResult{N: o.N, Heartbeat: o.Heartbeat, CPUWindow: o.CPUWindow, LoadAvgStart: loadAvg()}
+	limit, err := RaiseFileLimit()
+	if err != nil {
 		return nil, fmt.Errorf("raise file limit: %w", err)
+	}
+	res.BenchFileLimit = int64(limit)
+	if need := uint64(o.N + fileLimitMargin); limit < need {
+		return nil, fmt.Errorf("agents: this process may open %d files and needs %d; raise the hard limit (ulimit -Hn)", limit, need)
 	}
 
 	srv, err := startServerProcess(ctx, o)
@@ -134,8 +194,15 @@ func Agents(ctx context.Context, o AgentsOptions) (_ *AgentsResult, err error) {
 		}
 	}()
 	progress("server pid %d on %s", srv.cmd.Process.Pid, srv.url)
+	// The server inherits this process's limit, and Go raises its soft
+	// limit to the hard one at start; check what it got.
+	if res.ServerFileLimit, err = fileLimit(srv.cmd.Process.Pid); err != nil {
+		return nil, err
+	}
+	if need := int64(o.N + fileLimitMargin); res.ServerFileLimit < need {
+		return nil, fmt.Errorf("agents: the server may open %d files and needs %d; raise its hard limit (ulimit -Hn, LimitNOFILE=)", res.ServerFileLimit, need)
+	}
 
-	res := &AgentsResult{N: o.N, Heartbeat: o.Heartbeat, CPUWindow: o.CPUWindow}
 	api, err := client.New(srv.url, srv.adminToken, srv.caPEM)
 	if err != nil {
 		return nil, err
@@ -216,19 +283,23 @@ func Agents(ctx context.Context, o AgentsOptions) (_ *AgentsResult, err error) {
 	res.PerAgentPSS = (res.After.PSS - res.Before.PSS) / n
 	res.PerAgentHeap = (res.MemAfter.HeapInuse - res.MemBefore.HeapInuse) / n
 	res.PerAgentStack = (res.MemAfter.StackInuse - res.MemBefore.StackInuse) / n
-	progress("after: RSS %s, PSS %s; per agent RSS %d B, PSS %d B, heap %d B, stacks %d B",
-		kb(res.After.RSS), kb(res.After.PSS), res.PerAgentRSS, res.PerAgentPSS, res.PerAgentHeap, res.PerAgentStack)
+	res.PerAgentNextGC = (res.MemAfter.NextGC - res.MemBefore.NextGC) / n
+	progress("after: RSS %s, PSS %s; per agent RSS %d B, PSS %d B, heap %d B, stacks %d B, next GC %d B",
+		kb(res.After.RSS), kb(res.After.PSS), res.PerAgentRSS, res.PerAgentPSS, res.PerAgentHeap, res.PerAgentStack, res.PerAgentNextGC)
 
-	// Heartbeat CPU: the server's CPU time over a fixed window.
+	// Steady state: the server's CPU time and its peak memory over
+	// CPUWindow, or up to Steady until two whole GC cycles have passed.
 	b0, c0 := beats.Load(), mustCPU(pid)
 	t0 = time.Now()
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-time.After(o.CPUWindow): // the measurement window, not a wait for an event
+	if res.Peak, res.GCCycles, err = steady(ctx, srv, o.CPUWindow, o.Steady); err != nil {
+		return nil, err
 	}
 	c1, elapsed := mustCPU(pid), time.Since(t0)
-	res.Heartbeats, res.CPU = beats.Load()-b0, c1-c0
+	res.PerAgentPeakRSS = (res.Peak.RSS - res.Before.RSS) / n
+	res.PerAgentPeakPSS = (res.Peak.PSS - res.Before.PSS) / n
+	progress("steady: %d GC cycles in %s; peak RSS %s, PSS %s; per agent RSS %d B, PSS %d B",
+		res.GCCycles, elapsed.Round(time.Second), kb(res.Peak.RSS), kb(res.Peak.PSS), res.PerAgentPeakRSS, res.PerAgentPeakPSS)
+	res.CPUWindow, res.Heartbeats, res.CPU = elapsed, beats.Load()-b0, c1-c0
 	res.CPUPercent = 100 * float64(res.CPU) / float64(elapsed)
 	res.CPUPercentPer1000At10s = res.CPUPercent * 1000 / float64(o.N) * float64(o.Heartbeat) / float64(10*time.Second)
 	if res.Heartbeats > 0 {
@@ -240,9 +311,78 @@ func Agents(ctx context.Context, o AgentsOptions) (_ *AgentsResult, err error) {
 	if res.Connected, err = srv.metric(ctx, "deskrun_agents_connected"); err != nil {
 		return nil, err
 	}
+	res.LoadAvgEnd = loadAvg()
 	progress("heartbeats: %d in %s, server CPU %s (%.2f%% of a core); %.3f%% per 1,000 agents at 10 s",
 		res.Heartbeats, elapsed.Round(time.Millisecond), res.CPU, res.CPUPercent, res.CPUPercentPer1000At10s)
 	return res, nil
+}
+
+// steadyGCCycles is how many GC cycles the steady phase spans: the first
+// one sets a heap goal from the idle agents' live heap, and the heap
+// grows to that goal before the second.
+const steadyGCCycles = 2
+
+// steady reads the server's memory once a second for at least window and
+// until the server has completed steadyGCCycles collections, or limit has
+// passed, and returns the largest readings and the collections seen. A
+// running server's RSS rises as its heap fills to the GC goal, and the
+// runtime returns little of it after a collection, so the peak over whole
+// GC cycles is what the server needs; one reading depends on where in its
+// cycle it was taken.
+func steady(ctx context.Context, srv *serverProcess, window, limit time.Duration) (peak Mem, cycles int, err error) {
+	pid := srv.cmd.Process.Pid
+	gcs := func() (int, error) { return srv.metric(ctx, "go_gc_duration_seconds_count") }
+	gc0, err := gcs()
+	if err != nil {
+		return peak, 0, err
+	}
+	start := time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		m, err := ReadMem(pid)
+		if err != nil {
+			return peak, cycles, err
+		}
+		peak.RSS, peak.PSS = max(peak.RSS, m.RSS), max(peak.PSS, m.PSS)
+		elapsed := time.Since(start)
+		if i%5 == 0 { // a scrape costs the server CPU, which is being measured
+			gc, err := gcs()
+			if err != nil {
+				return peak, cycles, err
+			}
+			cycles = gc - gc0
+		}
+		if elapsed >= window && (cycles >= steadyGCCycles || elapsed >= limit) {
+			return peak, cycles, nil
+		}
+		select {
+		case <-ctx.Done():
+			return peak, cycles, ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// fileLimit reads the soft open-file limit of process pid.
+func fileLimit(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "Max open files"); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
+				return strconv.ParseInt(f[0], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/limits: no open-files line", pid)
+}
+
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return strings.TrimSpace(string(b))
 }
 
 func kb(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
@@ -452,8 +592,13 @@ func (p *serverProcess) memStats(ctx context.Context) (MemStats, error) {
 	if err != nil {
 		return MemStats{}, err
 	}
+	limit := int64(math.MaxInt64) // none
+	if v := m["go_gc_gomemlimit_bytes"]; v < math.MaxInt64 {
+		limit = int64(v)
+	}
 	return MemStats{HeapInuse: int64(m["go_memstats_heap_inuse_bytes"]), StackInuse: int64(m["go_memstats_stack_inuse_bytes"]),
-		Sys: int64(m["go_memstats_sys_bytes"]), Goroutines: int64(m["go_goroutines"])}, nil
+		NextGC: int64(m["go_memstats_next_gc_bytes"]), Sys: int64(m["go_memstats_sys_bytes"]), Goroutines: int64(m["go_goroutines"]),
+		GOGC: int64(m["go_gc_gogc_percent"]), GOMEMLIMIT: limit}, nil
 }
 
 // waitConnected polls deskrun_agents_connected until it reaches n.

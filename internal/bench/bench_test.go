@@ -72,21 +72,32 @@ func TestRoundTrip(t *testing.T) {
 	require.Positive(t, r.ServerCPU+r.AgentCPU, "two processes did the work")
 }
 
-// TestAgents connects a few simulated agents to a server process.
+// TestAgents connects a few simulated agents to a server process, twice:
+// 10, then 20 on a fresh server, which runs with GOGC=50.
 func TestAgents(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cmd, env := deskrunCommand(t)
-	r, err := bench.Agents(ctx, bench.AgentsOptions{N: 20, Heartbeat: 100 * time.Millisecond, CPUWindow: time.Second,
-		Settle: 3 * time.Second, Command: cmd, Env: env, Data: t.TempDir()})
+	rs, err := bench.AgentsSeries(ctx, bench.AgentsOptions{Heartbeat: 100 * time.Millisecond, CPUWindow: time.Second, Steady: time.Second,
+		Settle: 3 * time.Second, Command: cmd, Env: append(env, "GOGC=50"), Data: t.TempDir()}, []int{10, 20})
 	require.NoError(t, err)
-	require.Equal(t, 20, r.Connected, "deskrun_agents_connected")
-	require.Positive(t, r.Before.RSS)
-	require.Positive(t, r.After.PSS)
-	// 20 agents × 10 beats/s × 1 s = 200; a loaded CI machine drops ticks.
-	require.Greater(t, r.Heartbeats, int64(50))
-	require.Greater(t, r.MemAfter.Goroutines, r.MemBefore.Goroutines)
+	require.Len(t, rs, 2)
+	for i, n := range []int{10, 20} {
+		r := rs[i]
+		require.Equal(t, n, r.N)
+		require.Equal(t, n, r.Connected, "deskrun_agents_connected")
+		require.Positive(t, r.Before.RSS)
+		require.Positive(t, r.After.PSS)
+		require.Positive(t, r.Peak.RSS)
+		require.GreaterOrEqual(t, r.CPUWindow, time.Second)
+		require.GreaterOrEqual(t, r.ServerFileLimit, int64(n))
+		// n agents × 10 beats/s × 1 s; a loaded CI machine drops ticks.
+		require.Greater(t, r.Heartbeats, int64(n*10/4))
+		// One goroutine per idle agent; the rest are the server's HTTP connections.
+		require.InDelta(t, r.MemBefore.Goroutines+int64(n), r.MemAfter.Goroutines, 3)
+		require.Equal(t, int64(50), r.MemAfter.GOGC, "the server runs with the environment it was given")
+	}
 }
 
 // BenchmarkJobRoundTrip: POST a no-op job, GET it with ?wait= until it

@@ -16,8 +16,11 @@ import (
 func newBenchCmd(a *app) *cobra.Command {
 	var (
 		scenario, sqliteSync, data string
-		n, warmup, agents          int
+		n, warmup                  int
+		agents                     []int
+		serverEnv                  []string
 		heartbeat, cpuWindow       time.Duration
+		steady                     time.Duration
 		asJSON                     bool
 		hashes                     []string
 		users, slots, submitters   int
@@ -156,18 +159,16 @@ as their own processes, over real TLS sockets on 127.0.0.1, on a temporary data 
 				if asJSON {
 					progress = nil
 				}
-				r, err := bench.Agents(ctx, bench.AgentsOptions{N: agents, Heartbeat: heartbeat, CPUWindow: cpuWindow,
-					Command: []string{exe}, Data: data, Progress: progress})
+				rs, err := bench.AgentsSeries(ctx, bench.AgentsOptions{Heartbeat: heartbeat, CPUWindow: cpuWindow, Steady: steady,
+					Command: []string{exe}, Env: serverEnv, Data: data, Progress: progress}, agents)
 				if err != nil {
 					return err
 				}
-				res = r
+				res = rs
 				if !asJSON {
-					fmt.Fprintf(a.io.Out, "%d idle agents (%d connected), heartbeat %s\n", r.N, r.Connected, r.Heartbeat)
-					fmt.Fprintf(a.io.Out, "  server memory per agent: RSS %d B, PSS %d B (Go heap %d B, stacks %d B)\n",
-						r.PerAgentRSS, r.PerAgentPSS, r.PerAgentHeap, r.PerAgentStack)
-					fmt.Fprintf(a.io.Out, "  heartbeat CPU: %.2f%% of a core (%d beats in %s, %s each); %.3f%% per 1,000 agents at 10 s\n",
-						r.CPUPercent, r.Heartbeats, r.CPUWindow, r.CPUPerHeartbeat, r.CPUPercentPer1000At10s)
+					for _, r := range rs {
+						printAgents(a.io.Out, r)
+					}
 				}
 			case "noop":
 				exe, err := os.Executable()
@@ -248,13 +249,15 @@ as their own processes, over real TLS sockets on 127.0.0.1, on a temporary data 
 	f.IntVar(&users, "users", 8, "burst: SHA-512 users, one connection each")
 	f.IntVar(&slots, "slots", 8, "burst: the machine's slots")
 	f.IntVar(&submitters, "submitters", 32, "burst: concurrent API clients submitting")
-	f.IntVar(&machines, "machines", 4, "noop: simulated machines")
+	f.IntVar(&machines, "machines", 32, "noop: simulated machines (each with --slots slots)")
 	f.IntSliceVar(&concurrency, "concurrency", []int{8, 32, 128, 512}, "noop: closed-loop levels (concurrent clients), ramped until runs/s stops growing")
 	f.DurationVar(&step, "step", 5*time.Second, "noop: how long each level runs")
 	f.StringVar(&profileDir, "profile-dir", "", "noop, run, burst, flow: write CPU profiles of the server and agent processes here (server.pprof, agent.pprof)")
-	f.IntVar(&agents, "agents", 2000, "agents: simulated agents")
+	f.IntSliceVar(&agents, "agents", []int{2000}, "agents: simulated agents; a list (1000,5000,10000) measures each count with a fresh server")
+	f.StringArrayVar(&serverEnv, "server-env", nil, "agents: NAME=VALUE added to the server's environment (GOGC, GOMEMLIMIT), repeatable")
 	f.DurationVar(&heartbeat, "heartbeat", time.Second, "agents: heartbeat interval")
 	f.DurationVar(&cpuWindow, "cpu-window", 10*time.Second, "agents: how long server CPU is sampled")
+	f.DurationVar(&steady, "steady", 3*time.Minute, "agents: how long the sampling may go on for the server to complete two GC cycles (peak memory)")
 	f.IntSliceVar(&sizes, "sizes", []int{0, 100_000, 1_000_000}, "growth: finished runs in the store at each step")
 	f.StringVar(&out, "out", "", "all: also write the whole report as JSON to this file")
 	f.BoolVar(&quick, "quick", false, "all: every scenario at a size that takes seconds (CI; the figures mean little)")
@@ -262,6 +265,15 @@ as their own processes, over real TLS sockets on 127.0.0.1, on a temporary data 
 	f.StringVar(&data, "data", "", "server data directory, or limits' SQLite files (default: a temporary one, removed after)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return c
+}
+
+func printAgents(w io.Writer, r *bench.AgentsResult) {
+	fmt.Fprintf(w, "%d idle agents (%d connected), heartbeat %s, connected in %s\n", r.N, r.Connected, r.Heartbeat, r.Connect.Round(time.Millisecond))
+	fmt.Fprintf(w, "  server memory per agent: RSS %d B, PSS %d B (Go heap %d B, stacks %d B, next GC %d B)\n",
+		r.PerAgentRSS, r.PerAgentPSS, r.PerAgentHeap, r.PerAgentStack, r.PerAgentNextGC)
+	fmt.Fprintf(w, "  peak over %d GC cycles: RSS %d B, PSS %d B per agent\n", r.GCCycles, r.PerAgentPeakRSS, r.PerAgentPeakPSS)
+	fmt.Fprintf(w, "  heartbeat CPU: %.2f%% of a core (%d beats in %s, %s each); %.3f%% per 1,000 agents at 10 s\n",
+		r.CPUPercent, r.Heartbeats, r.CPUWindow, r.CPUPerHeartbeat, r.CPUPercentPer1000At10s)
 }
 
 func printStages(w io.Writer, s bench.Stages) {
@@ -312,8 +324,8 @@ func printBurst(w io.Writer, r *bench.BurstResult, profile string) {
 func printNoop(w io.Writer, r *bench.NoopRunsResult) {
 	fmt.Fprintf(w, "durable no-op runs: %d simulated machines × %d slots, sqlite %s\n", r.Machines, r.Slots, r.SQLiteSync)
 	for _, l := range r.Levels {
-		fmt.Fprintf(w, "  %4d concurrent: %6.0f runs/s (%d runs, %d failed); server CPU %s/run, bench %s/run\n",
-			l.Concurrency, l.RunsPerSec, l.Runs, l.Failed, l.ServerCPU.Round(time.Microsecond), l.BenchCPU.Round(time.Microsecond))
+		fmt.Fprintf(w, "  %4d concurrent: %6.0f runs/s (%d runs, %d failed); server CPU %s/run, bench %s/run; %.2f commits/run, %.1f transactions/commit\n",
+			l.Concurrency, l.RunsPerSec, l.Runs, l.Failed, l.ServerCPU.Round(time.Microsecond), l.BenchCPU.Round(time.Microsecond), l.CommitsPerRun, l.TxPerCommit)
 	}
 	s := r.Saturation
 	fmt.Fprintf(w, "  saturation: %.0f runs/s at %d concurrent (target ≥ %.0f: %s)\n", s.RunsPerSec, s.Concurrency, bench.TargetNoopRunsPS, metOrNot(r.Met))
