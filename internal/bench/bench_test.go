@@ -179,8 +179,14 @@ func TestFlow(t *testing.T) {
 		require.Equal(t, 3, p.N, name)
 		require.Less(t, p.Max, 10*time.Second, name)
 	}
-	for name, p := range map[string]bench.Percentiles{"received": r.Layer.Received, "admit": r.Layer.Admit, "exec": r.Layer.Exec, "step": r.Layer.Step} {
+	for name, p := range map[string]bench.Percentiles{"received": r.Layer.Received, "step": r.Layer.Step} {
 		require.Positive(t, p.Min, name)
+	}
+	// A run admitted at once is written running, with its first step, in
+	// the delivery's commit: admission and the executor's start take
+	// (next to) no time.
+	for name, p := range map[string]bench.Percentiles{"admit": r.Layer.Admit, "exec": r.Layer.Exec} {
+		require.GreaterOrEqual(t, p.Min, time.Duration(0), name)
 	}
 	// The flow layer comes before the desktop run, which comes before the stamp.
 	require.Greater(t, r.Webhook.Total.Min, r.Webhook.API.Min)
