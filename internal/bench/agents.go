@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -14,24 +13,20 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/coder/websocket/wsjson"
 
 	"github.com/deskrun/deskrun"
-	"github.com/deskrun/deskrun/internal/client"
 	"github.com/deskrun/deskrun/internal/pki"
 	"github.com/deskrun/deskrun/internal/seal"
-	"github.com/deskrun/deskrun/internal/server"
 	"github.com/deskrun/deskrun/internal/wire"
 )
 
@@ -193,21 +188,17 @@ func Agents(ctx context.Context, o AgentsOptions) (_ *AgentsResult, err error) {
 			err = serr
 		}
 	}()
-	progress("server pid %d on %s", srv.cmd.Process.Pid, srv.url)
+	progress("server pid %d on %s", srv.Server.Pid(), srv.URL)
 	// The server inherits this process's limit, and Go raises its soft
 	// limit to the hard one at start; check what it got.
-	if res.ServerFileLimit, err = fileLimit(srv.cmd.Process.Pid); err != nil {
+	if res.ServerFileLimit, err = fileLimit(srv.Server.Pid()); err != nil {
 		return nil, err
 	}
 	if need := int64(o.N + fileLimitMargin); res.ServerFileLimit < need {
 		return nil, fmt.Errorf("agents: the server may open %d files and needs %d; raise its hard limit (ulimit -Hn, LimitNOFILE=)", res.ServerFileLimit, need)
 	}
 
-	api, err := client.New(srv.url, srv.adminToken, srv.caPEM)
-	if err != nil {
-		return nil, err
-	}
-	tok, err := api.CreateToken(ctx, wire.TokenCreate{Kind: string(deskrun.TokenEnrollment), Name: "bench agents", Uses: o.N, TTL: "1h"})
+	tok, err := srv.Client.CreateToken(ctx, wire.TokenCreate{Kind: string(deskrun.TokenEnrollment), Name: "bench agents", Uses: o.N, TTL: "1h"})
 	if err != nil {
 		return nil, fmt.Errorf("create enrollment token: %w", err)
 	}
@@ -219,7 +210,7 @@ func Agents(ctx context.Context, o AgentsOptions) (_ *AgentsResult, err error) {
 	t0 := time.Now()
 	sims := make([]*simAgent, o.N)
 	err = parallel(ctx, o.N, 2*runtime.NumCPU(), func(ctx context.Context, i int) error {
-		a, err := enrollSim(ctx, srv.hc, srv.url, et, fmt.Sprintf("bench-%05d", i))
+		a, err := enrollSim(ctx, srv.hc, srv.URL, et, fmt.Sprintf("bench-%05d", i))
 		sims[i] = a
 		return err
 	})
@@ -229,7 +220,7 @@ func Agents(ctx context.Context, o AgentsOptions) (_ *AgentsResult, err error) {
 	res.Enroll = time.Since(t0)
 	progress("enrolled %d agents in %s", o.N, res.Enroll.Round(time.Millisecond))
 
-	pid := srv.cmd.Process.Pid
+	pid := srv.Server.Pid()
 	cpu0, _ := ReadCPU(pid)
 	t0 = time.Now()
 	if res.Before, err = settle(ctx, pid, o.Settle); err != nil {
@@ -252,7 +243,7 @@ func Agents(ctx context.Context, o AgentsOptions) (_ *AgentsResult, err error) {
 	}()
 	t0 = time.Now()
 	err = parallel(ctx, o.N, 4*runtime.NumCPU(), func(ctx context.Context, i int) error {
-		ws, hb, err := sims[i].connect(ctx, srv.hc, srv.url)
+		ws, hb, err := sims[i].connect(ctx, srv.hc, srv.URL)
 		if err != nil {
 			return err
 		}
@@ -330,7 +321,7 @@ const steadyGCCycles = 2
 // GC cycles is what the server needs; one reading depends on where in its
 // cycle it was taken.
 func steady(ctx context.Context, srv *serverProcess, window, limit time.Duration) (peak Mem, cycles int, err error) {
-	pid := srv.cmd.Process.Pid
+	pid := srv.Server.Pid()
 	gcs := func() (int, error) { return srv.metric(ctx, "go_gc_duration_seconds_count") }
 	gc0, err := gcs()
 	if err != nil {
@@ -439,140 +430,29 @@ func freeAddr() (string, error) {
 	return addr, ln.Close()
 }
 
-// serverProcess is `deskrun server` running as a child process.
+// serverProcess is `deskrun server` as its own process (a world without
+// an agent), with an HTTP client for the simulated agents that keeps
+// enough connections alive for their enrollments.
 type serverProcess struct {
-	cmd        *exec.Cmd
-	out        *tailBuffer
-	exited     chan struct{}
-	url        string
-	caPEM      []byte
-	adminToken string
-	hc         *http.Client
-	tmp        string
+	*world
+	hc *http.Client
 }
 
 func startServerProcess(ctx context.Context, o AgentsOptions) (*serverProcess, error) {
-	p := &serverProcess{out: &tailBuffer{max: 16 << 10}, exited: make(chan struct{})}
-	data := o.Data
-	if data == "" {
-		var err error
-		if p.tmp, err = os.MkdirTemp("", "deskrun-bench-"); err != nil {
-			return nil, err
-		}
-		data = p.tmp
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	p.url = "https://" + addr
 	lease := max(60*time.Second, 3*o.Heartbeat)
-	args := append(append([]string{}, o.Command[1:]...), "server", "--data", data, "--listen", addr,
-		"--heartbeat-interval", o.Heartbeat.String(), "--agent-lease", lease.String(), "--log-level", "warn")
-	p.cmd = exec.Command(o.Command[0], args...)
-	p.cmd.Env = append(os.Environ(), o.Env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		p.removeTmp()
-		return nil, fmt.Errorf("start server: %w", err)
-	}
-	go func() {
-		_ = p.cmd.Wait()
-		close(p.exited)
-	}()
-	if err := p.waitReady(ctx, data, 30*time.Second); err != nil {
-		_ = p.stop()
+	w := &world{}
+	if err := w.start(ctx, worldOptions{Command: o.Command, Env: o.Env, Data: o.Data, NoAgent: true,
+		ServerArgs: []string{"--heartbeat-interval", o.Heartbeat.String(), "--agent-lease", lease.String()}}); err != nil {
+		_ = w.stop()
 		return nil, err
 	}
-	return p, nil
-}
-
-// waitReady polls until the server answers /readyz over TLS signed by the
-// CA in its data directory.
-func (p *serverProcess) waitReady(ctx context.Context, data string, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for {
-		select {
-		case <-p.exited:
-			return fmt.Errorf("server exited at start (%v): %s", p.cmd.ProcessState, p.out.String())
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("server not ready within %s: %s", limit, p.out.String())
-		}
-		if p.hc == nil {
-			ca, err := os.ReadFile(filepath.Join(data, "tls", "ca.crt"))
-			if err != nil {
-				continue
-			}
-			cfg, err := pki.PoolConfig(ca, "127.0.0.1")
-			if err != nil {
-				continue // partly written
-			}
-			p.caPEM = ca
-			p.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 64}}
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.url+"/readyz", nil)
-		resp, err := p.hc.Do(req)
-		if err != nil {
-			continue
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			continue
-		}
-		tok, err := os.ReadFile(filepath.Join(data, server.BootstrapTokenFile))
-		if err != nil {
-			return fmt.Errorf("read admin token: %w", err)
-		}
-		p.adminToken = strings.TrimSpace(string(tok))
-		return nil
-	}
-}
-
-// stop asks the server to stop (SIGTERM) and kills it if it has not
-// within 10 s.
-func (p *serverProcess) stop() error {
-	defer p.removeTmp()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-		return nil
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-		return errors.New("server did not stop within 10s of SIGTERM; killed")
-	}
-}
-
-func (p *serverProcess) removeTmp() {
-	if p.tmp != "" {
-		_ = os.RemoveAll(p.tmp)
-	}
-}
-
-// scrape returns the unlabelled samples of the server's /metrics.
-func (p *serverProcess) scrape(ctx context.Context) (map[string]float64, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.url+"/metrics", nil)
-	resp, err := p.hc.Do(req)
+	cfg, err := pki.PoolConfig(w.CAPEM, "127.0.0.1")
 	if err != nil {
-		return nil, fmt.Errorf("scrape metrics: %w", err)
+		_ = w.stop()
+		return nil, err
 	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		name, val, ok := strings.Cut(sc.Text(), " ")
-		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
-			continue
-		}
-		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
-			out[name] = v
-		}
-	}
-	return out, sc.Err()
+	return &serverProcess{world: w, hc: &http.Client{Timeout: 30 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 64}}}, nil
 }
 
 func (p *serverProcess) metric(ctx context.Context, name string) (int, error) {

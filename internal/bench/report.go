@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -190,14 +191,17 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 			rep.Growth, err = Growth(ctx, GrowthOptions{Sizes: sizes, N: sz(1000, 20), RunN: sz(100, 2), Warmup: sz(20, 2),
 				Command: cmd, Desktop: desk(name)})
 		case "agents":
-			for _, n := range []int{sz(1000, 10), sz(5000, 20), sz(10000, 40)} {
-				var r *AgentsResult
-				r, err = Agents(ctx, AgentsOptions{N: n, Heartbeat: time.Second, CPUWindow: time.Duration(sz(10, 1)) * time.Second,
-					Settle: time.Duration(sz(30, 3)) * time.Second, Command: cmd, Data: filepath.Join(dir(name), fmt.Sprint(n)), Progress: o.Progress})
-				if err != nil {
-					break
-				}
-				rep.Agents = append(rep.Agents, r)
+			ao := AgentsOptions{Heartbeat: time.Second, CPUWindow: time.Duration(sz(10, 1)) * time.Second,
+				Steady: time.Duration(sz(180, 0)) * time.Second, Settle: time.Duration(sz(30, 3)) * time.Second,
+				Command: cmd, Data: dir(name), Progress: o.Progress}
+			rep.Agents, err = AgentsSeries(ctx, ao, []int{sz(1000, 10), sz(5000, 20), sz(10000, 40)})
+			if err == nil {
+				// The same with a soft memory limit, the knob for a large
+				// fleet (BENCHMARKS.md): the GC's headroom is bounded.
+				ao.Env = []string{"GOMEMLIMIT=" + fmt.Sprint(sz(256, 64)) + "MiB"}
+				var rs []*AgentsResult
+				rs, err = AgentsSeries(ctx, ao, []int{sz(10000, 40)})
+				rep.Agents = append(rep.Agents, rs...)
 			}
 		}
 		if err != nil {
@@ -364,10 +368,18 @@ func (r *Report) Rows() []Row {
 			Value: per(b.ServerCPU) + " / " + per(b.AgentCPU) + " / " + per(b.RunsCPU) + " / " + per(b.BenchCPU)})
 	}
 	for _, a := range r.Agents {
-		rows = append(rows, Row{Scenario: "5 idle agents", Figure: fmt.Sprintf("%d agents: server RSS per agent", a.N),
-			Value:  fmt.Sprintf("%.1f KB (heap %.1f, stacks %.1f)", float64(a.PerAgentRSS)/1000, float64(a.PerAgentHeap)/1000, float64(a.PerAgentStack)/1000),
-			Target: "≤ 25 KB", Met: ptr(a.PerAgentRSS <= 25_000)},
-			Row{Scenario: "5 idle agents", Figure: fmt.Sprintf("%d agents: heartbeat CPU per 1,000 agents at 10 s", a.N),
+		label := fmt.Sprintf("%d agents", a.N)
+		if l := a.MemAfter.GOMEMLIMIT; l > 0 && l < math.MaxInt64 {
+			label += fmt.Sprintf(" (GOMEMLIMIT %d MiB)", l>>20)
+		}
+		peak := a.PerAgentPeakRSS
+		if peak <= 0 { // no steady phase: the one reading
+			peak = a.PerAgentRSS
+		}
+		rows = append(rows, Row{Scenario: "5 idle agents", Figure: label + ": server RSS per agent, peak over GC cycles",
+			Value:  fmt.Sprintf("%.1f KB (one reading %.1f; heap %.1f, stacks %.1f)", float64(peak)/1000, float64(a.PerAgentRSS)/1000, float64(a.PerAgentHeap)/1000, float64(a.PerAgentStack)/1000),
+			Target: "≤ 25 KB", Met: ptr(peak <= 25_000)},
+			Row{Scenario: "5 idle agents", Figure: label + ": heartbeat CPU per 1,000 agents at 10 s",
 				Value: fmt.Sprintf("%.2f %% of a core", a.CPUPercentPer1000At10s)})
 	}
 	if g := r.Growth; g != nil {
