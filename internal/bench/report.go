@@ -199,6 +199,7 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 				// The same with a soft memory limit, the knob for a large
 				// fleet (BENCHMARKS.md): the GC's headroom is bounded.
 				ao.Env = []string{"GOMEMLIMIT=" + fmt.Sprint(sz(256, 64)) + "MiB"}
+				ao.Data = filepath.Join(dir(name), "gomemlimit")
 				var rs []*AgentsResult
 				rs, err = AgentsSeries(ctx, ao, []int{sz(10000, 40)})
 				rep.Agents = append(rep.Agents, rs...)
