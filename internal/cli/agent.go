@@ -111,7 +111,7 @@ func newAgentRunCmd(a *app) *cobra.Command {
 func (a *app) logonProvider(po *pamOptions, stateDir, agentConfig string, log *slog.Logger) (identity.Provider, error) {
 	join, _ := identity.DetectJoin(identity.DefaultHostPaths())
 	host, _ := os.Hostname()
-	cfg := pam.Config{Stack: po.stack(a), Join: join, Machine: host}
+	cfg := pam.Config{Stack: po.stack(a), Join: join, Machine: host, KeepModulesLoaded: true}
 	// The services install-pam wrote say whether logons go through a
 	// directory module, whatever DetectJoin found.
 	if cfg.Stack.Directory == "" {

@@ -30,7 +30,8 @@ import (
 // Provider checks credentials through PAM. It is safe for concurrent use:
 // each logon has its own PAM transaction.
 type Provider struct {
-	cfg Config
+	cfg  Config
+	kept sync.Map // service → *pam.Transaction, never used (Config.KeepModulesLoaded)
 }
 
 var (
@@ -118,6 +119,30 @@ type transaction struct {
 	t *pam.Transaction
 }
 
+// keepLoaded opens, once per service, a PAM handle that is never used: it
+// holds the service's modules loaded (see Config.KeepModulesLoaded). It
+// authenticates no one and its conversation refuses every prompt.
+func (p *Provider) keepLoaded(service string) {
+	if !p.cfg.KeepModulesLoaded {
+		return
+	}
+	if _, ok := p.kept.Load(service); ok {
+		return
+	}
+	t, err := pam.StartConfDir(service, "", refuseAll{}, p.cfg.Stack.PAMDir)
+	if err != nil {
+		return // the logon itself reports what is wrong
+	}
+	if _, dup := p.kept.LoadOrStore(service, t); dup {
+		_ = t.End()
+	}
+}
+
+// refuseAll is the conversation of a handle that must never prompt.
+type refuseAll struct{}
+
+func (refuseAll) RespondPAM(pam.Style, string) (string, error) { return "", errRefused }
+
 func (tx *transaction) end() { _ = tx.t.End() }
 
 // conversation answers PAM for one logon.
@@ -192,6 +217,7 @@ func (p *Provider) logon(ctx context.Context, req identity.Request, accountOnly 
 		}
 		return nil, nil, e
 	}
+	p.keepLoaded(ServiceName(lt))
 	pamUser := name.User
 	if !name.LocalTo(p.cfg.Hostname) {
 		pamUser = name.Raw // SSSD and winbind parse their own forms

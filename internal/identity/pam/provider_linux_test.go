@@ -252,3 +252,31 @@ func TestInstallRenders(t *testing.T) {
 	kept, _ := os.ReadFile(s.AccessFile(identity.LogonBatch))
 	require.Equal(t, "-:alice:ALL\n", string(kept), "an admin's rules are kept")
 }
+
+// TestKeepModulesLoaded: with the modules kept loaded, logons succeed and
+// fail exactly as without, and the service file is still read at every
+// logon (a stack changed on disk applies to the next logon).
+func TestKeepModulesLoaded(t *testing.T) {
+	needFixture(t)
+	dir := t.TempDir()
+	st := fx.stack
+	st.PAMDir = filepath.Join(dir, "pam.d")
+	_, err := pam.Install(st)
+	require.NoError(t, err)
+	p := pam.New(pam.Config{Stack: st, KeepModulesLoaded: true})
+	for range 3 {
+		res, de := logon(t, p, "drt_ok", password, identity.LogonInteractive)
+		require.Nil(t, de, "%v", de)
+		require.Equal(t, "drt_ok", res.Identity.Username)
+	}
+	// A stack that refuses everyone, written under the running provider.
+	svc := st.ServiceFile(identity.LogonInteractive)
+	orig, err := os.ReadFile(svc)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(svc, []byte("auth requisite pam_deny.so\naccount required pam_deny.so\n"), 0o644))
+	_, de := logon(t, p, "drt_ok", password, identity.LogonInteractive)
+	require.NotNil(t, de, "the changed service file applies to the next logon")
+	require.NoError(t, os.WriteFile(svc, orig, 0o644))
+	_, de = logon(t, p, "drt_ok", password, identity.LogonInteractive)
+	require.Nil(t, de, "%v", de)
+}
