@@ -158,7 +158,11 @@ func (c *committer) runBatch(reqs []*batchReq) {
 		}
 		t := &tx{queries: queries{r: ts, w: ts}, tx: sqlTx}
 		t.owner = t
-		if err := t.savepoint(ctx, "batch", r); err != nil {
+		if len(reqs) == 1 {
+			// Alone in its transaction, it needs no savepoint: a failure
+			// rolls the whole transaction back (ran stays 0).
+			t.run(r)
+		} else if err := t.savepoint(ctx, "batch", r); err != nil {
 			// The transaction itself is broken (I/O error, …).
 			_ = sqlTx.Rollback()
 			finish(err)
@@ -203,16 +207,19 @@ func (t *tx) savepoint(ctx context.Context, name string, r *batchReq) (err error
 			err = fmt.Errorf("release savepoint: %w", relErr)
 		}
 	}()
-	func() {
-		defer func() {
-			if p := recover(); p != nil {
-				r.panicked, r.didPanic = p, true
-			}
-		}()
-		r.err = r.fn(t)
-	}()
+	t.run(r)
 	failed = r.err != nil || r.didPanic
 	return nil
+}
+
+// run calls r.fn and records its error or panic in r.
+func (t *tx) run(r *batchReq) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.panicked, r.didPanic = p, true
+		}
+	}()
+	r.err = r.fn(t)
 }
 
 // batchedWriter is the writer execer of the DB outside a transaction: a

@@ -36,15 +36,16 @@ func TestGroupCommit(t *testing.T) {
 	defer cancel()
 
 	// Hold the writer with one transaction until the others are queued.
-	release := make(chan struct{})
+	release, running := make(chan struct{}), make(chan struct{})
 	blockerDone := make(chan error, 1)
 	go func() {
 		blockerDone <- db.InTx(ctx, func(tx store.Tx) error {
+			close(running)
 			<-release
 			return tx.CreateMachine(ctx, &deskrun.Machine{ID: "m_block", Name: "block", State: deskrun.MachineOffline})
 		})
 	}()
-	require.Eventually(t, func() bool { return queued(db.commit) == 0 && batches(db.commit) == 0 }, 5*time.Second, time.Millisecond)
+	<-running // the committer is inside the blocker's batch, alone
 	before := batches(db.commit)
 
 	const n = 40
@@ -123,4 +124,52 @@ func TestGroupCommit(t *testing.T) {
 	// Closed: the store refuses new transactions.
 	require.NoError(t, db.Close())
 	require.ErrorIs(t, db.InTx(ctx, func(store.Tx) error { return nil }), errClosed)
+}
+
+// TestLoneTransaction: a transaction alone in its batch runs without a
+// savepoint; its error or panic still undoes all its writes.
+func TestLoneTransaction(t *testing.T) {
+	t.Parallel()
+	db := openTemp(t)
+	ctx := context.Background()
+	write := func(id string) func(store.Tx) error {
+		return func(tx store.Tx) error {
+			return tx.CreateMachine(ctx, &deskrun.Machine{ID: id, Name: id, State: deskrun.MachineOffline})
+		}
+	}
+	err := db.InTx(ctx, func(tx store.Tx) error {
+		if err := write("m_err")(tx); err != nil {
+			return err
+		}
+		return errors.New("undo")
+	})
+	require.EqualError(t, err, "undo")
+	_, err = db.GetMachine(ctx, "m_err")
+	require.Equal(t, deskrun.CodeNotFound, deskrun.ErrorCode(err))
+
+	require.PanicsWithValue(t, "boom", func() {
+		_ = db.InTx(ctx, func(tx store.Tx) error {
+			_ = write("m_panic")(tx)
+			panic("boom")
+		})
+	})
+	_, err = db.GetMachine(ctx, "m_panic")
+	require.Equal(t, deskrun.CodeNotFound, deskrun.ErrorCode(err))
+
+	// The writer is still usable, and a nested savepoint inside a lone
+	// transaction works.
+	require.NoError(t, db.InTx(ctx, func(tx store.Tx) error {
+		if err := write("m_ok")(tx); err != nil {
+			return err
+		}
+		_ = tx.InTx(ctx, func(tx store.Tx) error {
+			_ = write("m_inner")(tx)
+			return errors.New("inner undone")
+		})
+		return nil
+	}))
+	_, err = db.GetMachine(ctx, "m_ok")
+	require.NoError(t, err)
+	_, err = db.GetMachine(ctx, "m_inner")
+	require.Equal(t, deskrun.CodeNotFound, deskrun.ErrorCode(err))
 }
