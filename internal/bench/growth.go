@@ -67,7 +67,7 @@ func Growth(ctx context.Context, o GrowthOptions) (*GrowthResult, error) {
 	var (
 		w     *world
 		conn  = "bench-history"
-		close func()
+		done  func() // stops the world
 	)
 	if o.RunN > 0 && NeedRoot() == nil {
 		eo := o.Desktop
@@ -76,7 +76,7 @@ func Growth(ctx context.Context, o GrowthOptions) (*GrowthResult, error) {
 		if err != nil {
 			return nil, err
 		}
-		w, conn, close = env.world, env.Connections[0], env.Close
+		w, conn, done = env.world, env.Connections[0], env.Close
 	} else {
 		o.RunN = 0
 		cmd := o.Command
@@ -87,25 +87,25 @@ func Growth(ctx context.Context, o GrowthOptions) (*GrowthResult, error) {
 		if err != nil {
 			return nil, err
 		}
-		w, close = rt.world, rt.Close
+		w, done = rt.world, rt.Close
 		if _, err := w.Client.CreateConnection(ctx, wire.ConnectionCreate{Name: conn, Machine: w.Machine, Username: "history",
 			Password: wire.Secret("unused"), SkipTest: true}); err != nil {
-			close()
+			done()
 			return nil, err
 		}
 		dir, err := os.MkdirTemp("", "deskrun-bench-flow-")
 		if err != nil {
-			close()
+			done()
 			return nil, err
 		}
 		err = pushFlow(ctx, w.Client, dir, flowPlain, runPlain)
 		os.RemoveAll(dir)
 		if err != nil {
-			close()
+			done()
 			return nil, err
 		}
 	}
-	defer close()
+	defer done()
 	h, err := historyOf(ctx, w, conn)
 	if err != nil {
 		return nil, err
