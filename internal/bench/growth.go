@@ -65,9 +65,9 @@ func Growth(ctx context.Context, o GrowthOptions) (*GrowthResult, error) {
 		}
 	}
 	var (
-		w     *world
-		conn  = "bench-history"
-		done  func() // stops the world
+		w    *world
+		conn = "bench-history"
+		done func() // stops the world
 	)
 	if o.RunN > 0 && NeedRoot() == nil {
 		eo := o.Desktop
