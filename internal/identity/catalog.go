@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"errors"
 	"sort"
 	"strconv"
 	"strings"
@@ -259,4 +260,24 @@ func levenshtein(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// Machine is the machine a provider logs users on: its failures name it.
+type Machine string
+
+// Fail is Fail with the error's Machine set.
+func (m Machine) Fail(reason string, provider *deskrun.ProviderResult) *deskrun.Error {
+	e := Fail(reason, provider)
+	e.Machine = string(m)
+	return e
+}
+
+// Stamp sets the Machine of a *deskrun.Error in err's chain (when m is
+// known) and returns err.
+func (m Machine) Stamp(err error) error {
+	var e *deskrun.Error
+	if m != "" && errors.As(err, &e) {
+		e.Machine = string(m)
+	}
+	return err
 }

@@ -391,16 +391,8 @@ func upnOf(n identity.Name) string {
 	return ""
 }
 
-func (p *Provider) stamp(err error) error {
-	var e *deskrun.Error
-	if errors.As(err, &e) && p.cfg.Machine != "" {
-		e.Machine = p.cfg.Machine
-	}
-	return err
-}
+func (p *Provider) stamp(err error) error { return identity.Machine(p.cfg.Machine).Stamp(err) }
 
 func (p *Provider) fail(reason string, pr *deskrun.ProviderResult) *deskrun.Error {
-	e := identity.Fail(reason, pr)
-	e.Machine = p.cfg.Machine
-	return e
+	return identity.Machine(p.cfg.Machine).Fail(reason, pr)
 }

@@ -81,8 +81,7 @@ func (p *Provider) fromDirectory(de *deskrun.Error, pr *deskrun.ProviderResult, 
 		detail = append(detail, s)
 	}
 	pr.Detail = strings.Join(detail, "; ")
-	e := identity.Fail(de.Reason, pr)
-	e.Machine = p.cfg.Machine
+	e := identity.Machine(p.cfg.Machine).Fail(de.Reason, pr)
 	if de.Reason == identity.ReasonNoLogonServers {
 		e.Message = "PAM (SSSD) refused the logon, and the directory cannot be reached to say why: SSSD has no cached credentials for this user while the domain is offline."
 	}

@@ -19,9 +19,7 @@ func New(cfg Config) *Provider { return &Provider{cfg: cfg.withDefaults()} }
 func Available() bool { return false }
 
 func (p *Provider) unavailable() error {
-	e := identity.Fail(identity.ReasonProviderUnavailable, nil)
-	e.Machine = p.cfg.Machine
-	return e
+	return identity.Machine(p.cfg.Machine).Fail(identity.ReasonProviderUnavailable, nil)
 }
 
 func (p *Provider) Logon(context.Context, identity.Request) (*identity.Result, error) {
