@@ -657,27 +657,3 @@ func (a *simAgent) idle(ctx context.Context, ws *websocket.Conn, hb time.Duratio
 		}
 	}
 }
-
-// tailBuffer keeps the last max bytes written to it (the server's output,
-// for error messages). internal/desktop has the same unexported type.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.b))
-}
