@@ -207,21 +207,6 @@ func (h *Hub) Online(id string) bool {
 	return m.conn != nil
 }
 
-// Connected returns the number of live agent connections.
-func (h *Hub) Connected() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	n := 0
-	for _, m := range h.machines {
-		m.mu.Lock()
-		if m.conn != nil {
-			n++
-		}
-		m.mu.Unlock()
-	}
-	return n
-}
-
 // Submit stores a new job for its machine and pushes it at once when the
 // machine's agent is connected. The job is committed before it is sent.
 func (h *Hub) Submit(ctx context.Context, j *deskrun.Job) error {
@@ -529,7 +514,7 @@ func (h *Hub) register(ctx context.Context, c *agentConn, mach *deskrun.Machine,
 		queued, err = h.store.ListJobs(ctx, store.JobFilter{MachineID: mach.ID, States: []deskrun.JobState{deskrun.JobQueued}, Limit: 1 << 20})
 	}
 	m.mu.Unlock()
-	h.presenceChanged() // after m.mu: Connected takes h.mu, then m.mu
+	h.presenceChanged()
 	if old != nil {
 		old.close(websocket.StatusPolicyViolation, "replaced by a newer connection of the same machine")
 	}
