@@ -516,6 +516,16 @@ func limitParam(r *http.Request) (int, error) {
 	return n, nil
 }
 
+// parseVersion reads a flow version given in a path or a query: a number
+// from 1.
+func parseVersion(s string) (int, error) {
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 1 {
+		return 0, &deskrun.Error{Code: deskrun.CodeInvalid, Field: "version", Message: fmt.Sprintf("version %q is not a number from 1", s)}
+	}
+	return v, nil
+}
+
 // machineParam resolves a list's ?machine= filter (an id or a name) to
 // the machine's id; "" when absent.
 func (a *API) machineParam(r *http.Request) (string, error) {

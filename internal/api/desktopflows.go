@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 
 	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/desktopflow"
@@ -83,10 +82,9 @@ func (a *API) getDesktopFlow(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *API) getDesktopFlowVersion(w http.ResponseWriter, r *http.Request) error {
-	s := r.PathValue("version")
-	v, err := strconv.Atoi(s)
-	if err != nil || v < 1 {
-		return &deskrun.Error{Code: deskrun.CodeInvalid, Field: "version", Message: fmt.Sprintf("version %q is not a number from 1", s)}
+	v, err := parseVersion(r.PathValue("version"))
+	if err != nil {
+		return err
 	}
 	f, err := a.svc.DesktopFlow(r.Context(), r.PathValue("flow"), v)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 
 	"github.com/deskrun/deskrun"
 	"github.com/deskrun/deskrun/internal/flow"
@@ -94,13 +93,12 @@ func (a *API) listFlows(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *API) getFlow(w http.ResponseWriter, r *http.Request) error {
-	version := 0
-	if v := r.URL.Query().Get("version"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return &deskrun.Error{Code: deskrun.CodeInvalid, Field: "version", Message: "version must be a positive integer"}
+	version := 0 // the latest
+	if s := r.URL.Query().Get("version"); s != "" {
+		var err error
+		if version, err = parseVersion(s); err != nil {
+			return err
 		}
-		version = n
 	}
 	fv, def, err := a.svc.Flow(r.Context(), r.PathValue("flow"), version)
 	if err != nil {
