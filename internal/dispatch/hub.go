@@ -506,14 +506,19 @@ func (h *Hub) register(ctx context.Context, c *agentConn, mach *deskrun.Machine,
 		m.lease = nil
 	}
 	err := h.store.SetMachinePresence(ctx, mach.ID, deskrun.MachineOnline, now, "")
-	var active, queued []*deskrun.Job
+	var jobs []*deskrun.Job
 	if err == nil {
-		active, err = h.store.ListJobs(ctx, store.JobFilter{MachineID: mach.ID, States: []deskrun.JobState{deskrun.JobPushed, deskrun.JobRunning}, Limit: 1 << 20})
-	}
-	if err == nil {
-		queued, err = h.store.ListJobs(ctx, store.JobFilter{MachineID: mach.ID, States: []deskrun.JobState{deskrun.JobQueued}, Limit: 1 << 20})
+		jobs, err = h.store.ListJobs(ctx, store.JobFilter{MachineID: mach.ID, States: []deskrun.JobState{deskrun.JobQueued, deskrun.JobPushed, deskrun.JobRunning}, Limit: 1 << 20})
 	}
 	m.mu.Unlock()
+	var active, queued []*deskrun.Job
+	for _, j := range jobs {
+		if j.State == deskrun.JobQueued {
+			queued = append(queued, j)
+		} else {
+			active = append(active, j)
+		}
+	}
 	h.presenceChanged()
 	if old != nil {
 		old.close(websocket.StatusPolicyViolation, "replaced by a newer connection of the same machine")
