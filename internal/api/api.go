@@ -526,6 +526,15 @@ func parseVersion(s string) (int, error) {
 	return v, nil
 }
 
+// createdStatus is the status of a create that may find its resource
+// there already (the same content pushed or applied again).
+func createdStatus(created bool) int {
+	if created {
+		return http.StatusCreated
+	}
+	return http.StatusOK
+}
+
 // machineParam resolves a list's ?machine= filter (an id or a name) to
 // the machine's id; "" when absent.
 func (a *API) machineParam(r *http.Request) (string, error) {

@@ -51,11 +51,7 @@ func (a *API) pushDesktopFlow(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	status := http.StatusOK
-	if created {
-		status = http.StatusCreated
-	}
-	writeJSON(w, status, wire.DesktopFlowFrom(f))
+	writeJSON(w, createdStatus(created), wire.DesktopFlowFrom(f))
 	return nil
 }
 

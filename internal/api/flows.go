@@ -70,11 +70,7 @@ func (a *API) applyFlow(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := flowOut(fv, def, false)
 	out.Created = created
-	status := http.StatusOK
-	if created {
-		status = http.StatusCreated
-	}
-	writeJSON(w, status, out)
+	writeJSON(w, createdStatus(created), out)
 	return nil
 }
 
