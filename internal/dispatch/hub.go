@@ -764,17 +764,21 @@ func (h *Hub) disconnect(c *agentConn, reason string) {
 	if c.counted {
 		h.metrics.agentsConnected.Dec()
 	}
+	var pending []string
 	c.mu.Lock()
 	for id, t := range c.acks {
 		if t.Stop() {
-			// Written now so the job shows running while its lease runs.
-			if _, err := h.store.UpdateJobState(h.ctx, id, deskrun.JobRunning, time.Time{}, h.now()); err != nil && h.ctx.Err() == nil {
-				h.log.Error("ack", "job_id", id, "err", err)
-			}
+			pending = append(pending, id)
 		}
 	}
 	c.acks = nil
 	c.mu.Unlock()
+	for _, id := range pending {
+		// Written now so the job shows running while its lease runs.
+		if _, err := h.store.UpdateJobState(h.ctx, id, deskrun.JobRunning, time.Time{}, h.now()); err != nil && h.ctx.Err() == nil {
+			h.log.Error("ack", "job_id", id, "err", err)
+		}
+	}
 	m := h.machine(c.machineID)
 	m.mu.Lock()
 	current := m.conn == c
