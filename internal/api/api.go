@@ -283,6 +283,16 @@ func (a *API) Error(w http.ResponseWriter, r *http.Request, err error) {
 	writeJSON(w, StatusOf(out.Code), wire.ErrorEnvelope{Error: &out})
 }
 
+// listOf converts each item of a list for the wire. The result is never
+// nil, so an empty list is [] in JSON, not null.
+func listOf[T, U any](xs []T, conv func(T) U) []U {
+	out := make([]U, 0, len(xs))
+	for _, x := range xs {
+		out = append(out, conv(x))
+	}
+	return out
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -389,13 +399,11 @@ func (a *API) listMachines(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := wire.MachineList{Machines: make([]wire.Machine, 0, len(ms))}
-	for _, m := range ms {
-		w := wire.MachineFrom(m)
-		w.Doctor = nil // the list stays light: GET one machine has the report
-		out.Machines = append(out.Machines, w)
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, wire.MachineList{Machines: listOf(ms, func(m *deskrun.Machine) wire.Machine {
+		out := wire.MachineFrom(m)
+		out.Doctor = nil // the list stays light: GET one machine has the report
+		return out
+	})})
 	return nil
 }
 
@@ -449,11 +457,7 @@ func (a *API) listTokens(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := wire.TokenList{Tokens: make([]wire.Token, 0, len(ts))}
-	for _, t := range ts {
-		out.Tokens = append(out.Tokens, wire.TokenFrom(t))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, wire.TokenList{Tokens: listOf(ts, wire.TokenFrom)})
 	return nil
 }
 
@@ -593,11 +597,7 @@ func (a *API) listJobs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := wire.JobList{Jobs: make([]wire.Job, 0, len(js))}
-	for _, j := range js {
-		out.Jobs = append(out.Jobs, wire.JobFrom(j))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, wire.JobList{Jobs: listOf(js, wire.JobFrom)})
 	return nil
 }
 

@@ -45,11 +45,9 @@ func (a *API) listConnections(w http.ResponseWriter, r *http.Request) error {
 	for _, m := range ms {
 		machineName[m.ID] = m.Name
 	}
-	out := wire.ConnectionList{Connections: make([]wire.Connection, 0, len(cs))}
-	for _, c := range cs {
-		out.Connections = append(out.Connections, wire.ConnectionFrom(c, machineName[c.Target]))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, wire.ConnectionList{Connections: listOf(cs, func(c *deskrun.Connection) wire.Connection {
+		return wire.ConnectionFrom(c, machineName[c.Target])
+	})})
 	return nil
 }
 
@@ -111,10 +109,6 @@ func (a *API) listAudit(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := wire.AuditList{Events: make([]wire.AuditEvent, 0, len(es))}
-	for _, e := range es {
-		out.Events = append(out.Events, wire.AuditFrom(e))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, wire.AuditList{Events: listOf(es, wire.AuditFrom)})
 	return nil
 }

@@ -60,11 +60,7 @@ func (a *API) listDesktopFlows(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := wire.DesktopFlowList{DesktopFlows: make([]wire.DesktopFlow, 0, len(fs))}
-	for _, f := range fs {
-		out.DesktopFlows = append(out.DesktopFlows, wire.DesktopFlowFrom(f))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, wire.DesktopFlowList{DesktopFlows: listOf(fs, wire.DesktopFlowFrom)})
 	return nil
 }
 

@@ -79,12 +79,10 @@ func (a *API) listFlows(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := wire.FlowList{Flows: make([]wire.Flow, 0, len(fs))}
-	for _, fv := range fs {
+	writeJSON(w, http.StatusOK, wire.FlowList{Flows: listOf(fs, func(fv *deskrun.FlowVersion) wire.Flow {
 		def, _ := a.svc.Definition(fv)
-		out.Flows = append(out.Flows, flowOut(fv, def, false))
-	}
-	writeJSON(w, http.StatusOK, out)
+		return flowOut(fv, def, false)
+	})})
 	return nil
 }
 
@@ -160,11 +158,9 @@ func (a *API) listFlowRuns(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := wire.FlowRunList{Runs: make([]wire.FlowRun, 0, len(runs))}
-	for _, run := range runs {
-		out.Runs = append(out.Runs, wire.FlowRunFrom(run, nil))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, wire.FlowRunList{Runs: listOf(runs, func(run *deskrun.FlowRun) wire.FlowRun {
+		return wire.FlowRunFrom(run, nil)
+	})})
 	return nil
 }
 
@@ -185,11 +181,9 @@ func (a *API) listSecrets(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := wire.SecretList{Secrets: make([]wire.SecretInfo, 0, len(list))}
-	for _, s := range list {
-		out.Secrets = append(out.Secrets, wire.SecretInfo{Name: s.Name, UpdatedAt: s.UpdatedAt})
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, wire.SecretList{Secrets: listOf(list, func(s deskrun.Secret) wire.SecretInfo {
+		return wire.SecretInfo{Name: s.Name, UpdatedAt: s.UpdatedAt} // never the value
+	})})
 	return nil
 }
 

@@ -66,11 +66,7 @@ func (a *API) listRuns(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := wire.RunList{Runs: make([]wire.Run, 0, len(runs))}
-	for _, run := range runs {
-		out.Runs = append(out.Runs, wire.RunFrom(run))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, wire.RunList{Runs: listOf(runs, wire.RunFrom)})
 	return nil
 }
 
