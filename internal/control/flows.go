@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -784,7 +785,7 @@ func (s *Service) httpStep(ctx context.Context, h *flow.HTTPStep, vars map[strin
 		if err != nil {
 			return stepFail(false, "secrets: %v", err)
 		}
-		vars = maps(vars)
+		vars = maps.Clone(vars) // the caller's vars never hold the secrets
 		vars["secrets"] = secrets
 	}
 	u, headers, body, err := h.Request(ctx, vars)
@@ -846,14 +847,6 @@ func (s *Service) httpStep(ctx context.Context, h *flow.HTTPStep, vars map[strin
 		return stepFail(resp.StatusCode >= 500 || resp.StatusCode == 429, "%s %s answered %d: %s", h.Method, pu.Host, resp.StatusCode, snippet)
 	}
 	return out, nil, nil
-}
-
-func maps(m map[string]any) map[string]any {
-	out := make(map[string]any, len(m)+1)
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // FireSchedules starts the runs of every schedule tick due at s.now() and
