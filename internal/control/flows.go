@@ -392,11 +392,14 @@ func (s *Service) admitFlowRuns(ctx context.Context, name string) {
 	if err != nil || len(queued) == 0 {
 		return
 	}
-	running, err := s.Store.ListFlowRuns(ctx, store.FlowRunFilter{Flow: name, States: []deskrun.FlowRunState{deskrun.FlowRunRunning}, Limit: 100000})
-	if err != nil {
-		return
+	n := 0 // running runs, counted up to the limit: all a limit needs
+	if limit > 0 {
+		running, err := s.Store.ListFlowRuns(ctx, store.FlowRunFilter{Flow: name, States: []deskrun.FlowRunState{deskrun.FlowRunRunning}, Limit: limit})
+		if err != nil {
+			return
+		}
+		n = len(running)
 	}
-	n := len(running)
 	for _, r := range queued {
 		if limit > 0 && n >= limit {
 			return
