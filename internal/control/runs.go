@@ -483,12 +483,16 @@ type assignment struct {
 }
 
 // prepareAssignment builds the job that carries r to m. It fails the run,
-// and returns nil, when the flow version or the credential for m is gone.
+// and returns nil, when the flow version or the credential for m is gone;
+// any other error leaves the run queued for the next pass.
 func (s *Service) prepareAssignment(ctx context.Context, r *deskrun.Run, c *deskrun.Connection, m *deskrun.Machine) (*assignment, error) {
 	flow, err := s.Store.GetDesktopFlow(ctx, r.Flow, r.Version)
-	if err != nil {
+	if deskrun.IsCode(err, deskrun.CodeNotFound) {
 		s.failRun(ctx, r, withMachine(err, m.Name).(*deskrun.Error))
 		return nil, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	var man desktopflow.Manifest
 	if err := json.Unmarshal(flow.Manifest, &man); err != nil {
