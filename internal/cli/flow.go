@@ -28,7 +28,8 @@ func newFlowCmd(a *app) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			text, err := os.ReadFile(args[0])
 			if err != nil {
-				return err
+				return &deskrun.Error{Code: deskrun.CodeFlowInvalid, Message: err.Error(),
+					Resolution: "Give the path of a flow definition (YAML), such as examples/hello.flow.yaml."}
 			}
 			cl, err := a.client()
 			if err != nil {
