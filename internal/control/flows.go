@@ -450,7 +450,7 @@ func (s *Service) startExecutor(id string, fresh *freshRun) {
 		s.flows.mu.Lock()
 		delete(s.flows.active, id)
 		s.flows.mu.Unlock()
-		s.wakeRun(id)
+		s.runEnded(id) // its end, or the engine stopping: a waiter reads the run again
 		if flowName != "" && ctx.Err() == nil {
 			s.admitFlowRuns(ctx, flowName)
 		}
@@ -458,14 +458,15 @@ func (s *Service) startExecutor(id string, fresh *freshRun) {
 }
 
 // FlowRun returns a flow run and its steps; with wait > 0 it waits that
-// long for the run to end.
+// long for the run to end. As Run, it is woken by the run's end (its
+// executor's), not by each step.
 func (s *Service) FlowRun(ctx context.Context, id string, wait time.Duration) (*deskrun.FlowRun, []*deskrun.FlowStep, error) {
 	deadline := time.Now().Add(wait)
 	for {
-		ch := s.runWaiter(id)
+		ch := s.runEndWaiter(id)
 		r, err := s.Store.GetFlowRun(ctx, id)
 		if err != nil || r.State.Terminal() || time.Until(deadline) <= 0 {
-			s.dropRunWaiter(id, ch)
+			s.dropRunEndWaiter(id, ch)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -478,11 +479,11 @@ func (s *Service) FlowRun(ctx context.Context, id string, wait time.Duration) (*
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			s.dropRunWaiter(id, ch)
+			s.dropRunEndWaiter(id, ch)
 			return nil, nil, ctx.Err()
 		}
 		t.Stop()
-		s.dropRunWaiter(id, ch)
+		s.dropRunEndWaiter(id, ch)
 	}
 }
 

@@ -859,8 +859,8 @@ func (s *Service) dropWaiter(m map[string][]chan struct{}, id string, ch chan st
 }
 
 // runEnded wakes everyone waiting on the run: for its next change, and for
-// its end. Every write that ends a run (failRun, JobFinished, CancelRun)
-// calls it instead of wakeRun.
+// its end. Every write that ends a run (failRun, JobFinished, CancelRun,
+// and a flow run's executor as it returns) calls it instead of wakeRun.
 func (s *Service) runEnded(id string) {
 	s.sched.mu.Lock()
 	ws := s.sched.enders[id]
