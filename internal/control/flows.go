@@ -263,9 +263,8 @@ func (s *Service) newFlowRun(fv *deskrun.FlowVersion, def *flow.Definition, inpu
 // admission carries a new flow run from its creation to its executor.
 // Most runs are admitted at once: then the run is written already running,
 // with its first step's first attempt, in the transaction that creates it
-// (one commit where a queued run, its admission and its first step took
-// three), and the executor starts from what is in hand instead of reading
-// it back. Durability is the same as a step started by the executor: the
+// (one commit for the run, its admission and its first step), and the
+// executor starts from what is in hand instead of reading it back. Durability is the same as a step started by the executor: the
 // attempt, and the desktop run id it will create, are committed before it
 // acts, so a server that dies after the commit resumes the run from it.
 type admission struct {

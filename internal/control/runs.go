@@ -201,9 +201,9 @@ func (s *Service) startRun(ctx context.Context, actor Actor, flowName string, re
 // deleted or broken, or whose machine is deleted, fails.
 //
 // A pass runs after every start and every end, so its cost must not grow
-// with the queue: with 1,000 runs queued for 8 slots, reading every queued
-// and every active run on each pass took a fifth of the server's CPU. So a
-// pass reads:
+// with the queue (reading every queued and every active run on each pass
+// costs a fifth of the server's CPU with 1,000 runs queued for 8 slots).
+// So a pass reads:
 //
 //   - the queue's shape, not its runs: CountQueuedRuns gives, from an
 //     index, the connections that have queued runs and the reasons those
@@ -220,10 +220,10 @@ func (s *Service) startRun(ctx context.Context, actor Actor, flowName string, re
 //
 // The runs it does not read still get their reason, because a queued
 // run's reason depends only on its connection (machine, username, run
-// mode) and on that machine's state, never on the run itself: the old
-// loop's switch (offline, then busy, then session conflict) is evaluated
-// once per connection, with the machine's state at the end of the pass,
-// and written by one UPDATE to the connection's queued runs whose reason
+// mode) and on that machine's state, never on the run itself: reason
+// (offline, then busy, then session conflict) is evaluated once per
+// connection, with the machine's state at the end of the pass, and
+// written by one UPDATE to the connection's queued runs whose reason
 // differs — issued only when CountQueuedRuns showed such runs. A run read
 // for placement and not placed (its machine filled up) gets the reason of
 // its connection the same way. Deadlines use the same per-connection
