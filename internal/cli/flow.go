@@ -82,6 +82,9 @@ func newFlowCmd(a *app) *cobra.Command {
 	show := &cobra.Command{
 		Use: "show NAME", Short: "Show a flow and its definition", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if version < 0 {
+				return usagef("--version must be a number from 1")
+			}
 			cl, err := a.client()
 			if err != nil {
 				return err

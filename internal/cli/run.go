@@ -35,6 +35,9 @@ func newDesktopFlowRunCmd(a *app) *cobra.Command {
 			if req.Connection == "" {
 				return usagef("--connection is required")
 			}
+			if req.Version < 0 {
+				return usagef("--version must be a number from 1")
+			}
 			var err error
 			if req.Inputs, err = parseInputs(inputs); err != nil {
 				return err

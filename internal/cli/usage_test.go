@@ -2,6 +2,7 @@ package cli
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -20,10 +21,12 @@ func TestBadInputNamesTheMistake(t *testing.T) {
 		{[]string{"flow", "apply", "/nonexistent/greet.yaml"}, ExitFailed,
 			[]string{"error: FlowInvalid: open /nonexistent/greet.yaml: no such file or directory", "resolution: Give the path of a flow definition"}},
 		{[]string{"desktopflow", "run", "x"}, ExitUsage, []string{"error: --connection is required"}},
+		{[]string{"flow", "show", "greet", "--version", "-1"}, ExitUsage, []string{"error: --version must be a number from 1"}},
+		{[]string{"desktopflow", "run", "hello", "--connection", "robot", "--version", "-1"}, ExitUsage, []string{"error: --version must be a number from 1"}},
 		{[]string{"bench", "--scenario", "nope"}, ExitUsage, []string{`--scenario must be all, limits,`, `not "nope"`}},
 		{[]string{"run", "show", "nope"}, ExitFailed, []string{"error: InvalidRequest: no server configured", "resolution: Run `deskrun dev`"}},
 	} {
-		t.Run(tc.args[0]+" "+tc.args[1], func(t *testing.T) {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			t.Parallel()
 			code, out := runCLI(append([]string{"--config", noServer}, tc.args...)...)
 			require.Equal(t, tc.code, code, out)
