@@ -58,7 +58,7 @@ func (s *Service) StartScheduler(ctx context.Context) {
 	}
 	s.sched.started = true
 	s.sched.kick = make(chan struct{}, 1)
-	s.sched.jobRuns, s.sched.logBytes, s.sched.waiters = map[string]string{}, map[string]int64{}, map[string][]chan struct{}{}
+	s.sched.jobRuns, s.sched.logBytes = map[string]string{}, map[string]int64{}
 	s.sched.mu.Unlock()
 	if err := s.reconcileRuns(ctx); err != nil {
 		s.Log.Error("reconcile runs", "err", err)
