@@ -195,7 +195,7 @@ as their own processes, over real TLS sockets on 127.0.0.1, on a temporary data 
 				if asJSON {
 					progress = nil
 				}
-				if n == 2000 && !cmd.Flags().Changed("n") { // roundtrip's default
+				if !cmd.Flags().Changed("n") { // the flag's default is roundtrip's
 					n = map[string]int{"run": 200, "burst": 1000, "flow": 200}[scenario]
 				}
 				if !cmd.Flags().Changed("warmup") {
@@ -242,17 +242,17 @@ as their own processes, over real TLS sockets on 127.0.0.1, on a temporary data 
 	}
 	f := c.Flags()
 	f.StringVar(&scenario, "scenario", "all", "all, limits, roundtrip, noop, run, burst, flow, growth or agents")
-	f.IntVar(&n, "n", 2000, "roundtrip: measured round trips; run: runs per user (default 200); burst: runs (default 1000); flow: webhook and direct runs each (default 200); limits: iterations per case (default 200)")
-	f.IntVar(&warmup, "warmup", 100, "roundtrip: unmeasured round trips first; run, flow: unmeasured runs per user / of each kind (default 5); limits: per case (default 5)")
-	f.StringVar(&sqliteSync, "sqlite-sync", "FULL", "roundtrip, run, burst, flow: SQLite synchronous mode, FULL or NORMAL")
+	f.IntVar(&n, "n", 2000, "roundtrip: measured round trips; run: runs per user (default 200); burst: runs (default 1000); flow: webhook and direct runs each (default 200); growth: round trips per size, and a tenth as many run starts (default 1000); limits: iterations per case (default 200)")
+	f.IntVar(&warmup, "warmup", 100, "roundtrip: unmeasured round trips first; run, flow: unmeasured runs per user / of each kind (default 5); growth: per size (default 20); limits: per case (default 5)")
+	f.StringVar(&sqliteSync, "sqlite-sync", "FULL", "all, roundtrip, noop, run, burst, flow, growth: SQLite synchronous mode, FULL or NORMAL")
 	f.StringSliceVar(&hashes, "hashes", []string{bench.HashSHA512, bench.HashYescrypt}, "run: one user per password hash (sha512, yescrypt)")
 	f.IntVar(&users, "users", 8, "burst: SHA-512 users, one connection each")
-	f.IntVar(&slots, "slots", 8, "burst: the machine's slots")
+	f.IntVar(&slots, "slots", 8, "burst: the machine's slots; noop: each simulated machine's")
 	f.IntVar(&submitters, "submitters", 32, "burst: concurrent API clients submitting")
 	f.IntVar(&machines, "machines", 32, "noop: simulated machines (each with --slots slots)")
 	f.IntSliceVar(&concurrency, "concurrency", []int{8, 32, 128, 512}, "noop: closed-loop levels (concurrent clients), ramped until runs/s stops growing")
 	f.DurationVar(&step, "step", 5*time.Second, "noop: how long each level runs")
-	f.StringVar(&profileDir, "profile-dir", "", "noop, run, burst, flow: write CPU profiles of the server and agent processes here (server.pprof, agent.pprof)")
+	f.StringVar(&profileDir, "profile-dir", "", "all, noop, run, burst, flow: write CPU profiles of the server and agent processes here (server.pprof, agent.pprof)")
 	f.IntSliceVar(&agents, "agents", []int{2000}, "agents: simulated agents; a list (1000,5000,10000) measures each count with a fresh server")
 	f.StringArrayVar(&serverEnv, "server-env", nil, "agents: NAME=VALUE added to the server's environment (GOGC, GOMEMLIMIT), repeatable")
 	f.DurationVar(&heartbeat, "heartbeat", time.Second, "agents: heartbeat interval")
