@@ -18,7 +18,7 @@ import (
 func newConnectionCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "connection",
-		Short: "Credentials that desktop flows run as: create, test, update, list",
+		Short: "Credentials that desktop flows run as: create, test, update, list, show, delete",
 		Long: `A connection is a named credential for a machine: a username and a password sealed
 to the machine's key (the server cannot read it). Creating or updating one tests the
 logon on the machine and refuses to save on failure, with the exact reason. A

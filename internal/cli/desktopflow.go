@@ -15,7 +15,7 @@ import (
 func newDesktopFlowCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "desktopflow",
-		Short: "Desktop flows: push a package, list, show, delete",
+		Short: "Desktop flows: push a package, run it, list, show, delete",
 		Long: `A desktop flow is a directory with a desktopflow.yaml (name, run, inputs, outputs,
 desktop, timeout) and the files it runs. Pushing it packs the directory here, checks
 the manifest (errors name the file, line and column), and uploads the package; the

@@ -140,7 +140,7 @@ func newRunCmd(a *app) *cobra.Command {
 	var showWait time.Duration
 	var screenshot string
 	show := &cobra.Command{
-		Use: "show ID", Short: "Show a run: state, timings, outputs, error", Args: cobra.ExactArgs(1),
+		Use: "show ID", Short: "Show a run (or a cloud flow run, f_…): state, timings, outputs, error", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := a.client()
 			if err != nil {
