@@ -88,6 +88,7 @@ type Hub struct {
 	// copies what it keeps), so a heartbeat allocates no read buffer.
 	readBufs sync.Pool
 	stopped  bool
+	conns    sync.WaitGroup // connections' read loops, through their disconnect
 	ctx      context.Context
 	cancel   context.CancelFunc
 }
@@ -159,7 +160,9 @@ func (h *Hub) presenceChanged() {
 	}
 }
 
-// Stop closes every agent connection. It is safe to call more than once.
+// Stop closes every agent connection and waits until each has recorded
+// its end, so the store may be closed after it. It is safe to call more
+// than once.
 func (h *Hub) Stop() {
 	h.mu.Lock()
 	if h.stopped {
@@ -186,6 +189,7 @@ func (h *Hub) Stop() {
 	if h.cancel != nil {
 		h.cancel()
 	}
+	h.conns.Wait()
 }
 
 func (h *Hub) machine(id string) *machineState {
@@ -441,7 +445,18 @@ func (h *Hub) Serve(ctx context.Context, ws *websocket.Conn, remote string) {
 		h.disconnect(c, reason)
 		return
 	}
+	h.mu.Lock()
+	stopped := h.stopped
+	if !stopped {
+		h.conns.Add(1) // under h.mu: never after Stop began to wait
+	}
+	h.mu.Unlock()
+	if stopped {
+		h.disconnect(c, "server stopping")
+		return
+	}
 	go func() {
+		defer h.conns.Done()
 		h.disconnect(c, h.readLoop(h.ctx, c))
 	}()
 }
