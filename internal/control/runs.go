@@ -238,7 +238,8 @@ func (s *Service) placeRuns(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p := &placement{s: s, load: load, conns: map[string]*deskrun.Connection{}, machines: map[string]*deskrun.Machine{}, online: map[string]bool{}}
+	p := &placement{s: s, load: load, conns: map[string]*deskrun.Connection{}, machines: map[string]*deskrun.Machine{}, online: map[string]bool{},
+		manifests: map[flowVersion]*desktopflow.Manifest{}}
 	now := s.now()
 
 	// The connections with queued runs: those that cannot run fail them.
@@ -325,7 +326,7 @@ func (s *Service) placeRuns(ctx context.Context) error {
 				if p.reason(c, m) != "" {
 					continue // its machine filled up, or its user took a run there, earlier in this page
 				}
-				a, err := s.prepareAssignment(ctx, r, c, m)
+				a, err := p.prepareAssignment(ctx, r, c, m)
 				if err != nil {
 					s.Log.Error("assign run", "run_id", r.ID, "err", err)
 					continue
@@ -413,14 +414,21 @@ func (s *Service) placeRuns(ctx context.Context) error {
 	return nil
 }
 
-// placement is what one pass knows: connections and machines read once,
-// presence asked once, and the load as the pass changes it.
+// placement is what one pass knows: connections, machines and desktop
+// flow manifests read once, presence asked once, and the load as the pass
+// changes it.
 type placement struct {
-	s        *Service
-	load     *store.RunLoad
-	conns    map[string]*deskrun.Connection
-	machines map[string]*deskrun.Machine
-	online   map[string]bool
+	s         *Service
+	load      *store.RunLoad
+	conns     map[string]*deskrun.Connection
+	machines  map[string]*deskrun.Machine
+	online    map[string]bool
+	manifests map[flowVersion]*desktopflow.Manifest
+}
+
+type flowVersion struct {
+	name    string
+	version int
 }
 
 func (p *placement) conn(ctx context.Context, id string) (*deskrun.Connection, error) {
@@ -445,6 +453,25 @@ func (p *placement) machine(ctx context.Context, id string) (*deskrun.Machine, e
 	p.machines[id] = m
 	p.online[id] = p.s.Hub.Online(id)
 	return m, nil
+}
+
+// manifest reads a desktop flow version's manifest, once per pass: the
+// runs a pass places are mostly of a few flows.
+func (p *placement) manifest(ctx context.Context, name string, version int) (*desktopflow.Manifest, error) {
+	k := flowVersion{name, version}
+	if man, ok := p.manifests[k]; ok {
+		return man, nil
+	}
+	f, err := p.s.Store.GetDesktopFlow(ctx, name, version)
+	if err != nil {
+		return nil, err
+	}
+	man := new(desktopflow.Manifest)
+	if err := json.Unmarshal(f.Manifest, man); err != nil {
+		return nil, fmt.Errorf("manifest of %s v%d: %w", name, version, err)
+	}
+	p.manifests[k] = man
+	return man, nil
 }
 
 func (p *placement) free(m *deskrun.Machine) int { return max(m.Slots, 1) - p.load.Active[m.ID] }
@@ -485,17 +512,14 @@ type assignment struct {
 // prepareAssignment builds the job that carries r to m. It fails the run,
 // and returns nil, when the flow version or the credential for m is gone;
 // any other error leaves the run queued for the next pass.
-func (s *Service) prepareAssignment(ctx context.Context, r *deskrun.Run, c *deskrun.Connection, m *deskrun.Machine) (*assignment, error) {
-	flow, err := s.Store.GetDesktopFlow(ctx, r.Flow, r.Version)
+func (p *placement) prepareAssignment(ctx context.Context, r *deskrun.Run, c *deskrun.Connection, m *deskrun.Machine) (*assignment, error) {
+	s := p.s
+	man, err := p.manifest(ctx, r.Flow, r.Version)
 	if deskrun.IsCode(err, deskrun.CodeNotFound) {
 		s.failRun(ctx, r, withMachine(err, m.Name).(*deskrun.Error))
 		return nil, nil
 	}
 	if err != nil {
-		return nil, err
-	}
-	var man desktopflow.Manifest
-	if err := json.Unmarshal(flow.Manifest, &man); err != nil {
 		return nil, err
 	}
 	cred, ok := c.CredentialFor(m.ID)
@@ -507,15 +531,15 @@ func (s *Service) prepareAssignment(ctx context.Context, r *deskrun.Run, c *desk
 	}
 	var inputs map[string]any
 	_ = json.Unmarshal(r.Inputs, &inputs)
-	p := wire.DesktopPayload{RunID: r.ID, Flow: r.Flow, Version: r.Version, Digest: r.Digest,
+	dp := wire.DesktopPayload{RunID: r.ID, Flow: r.Flow, Version: r.Version, Digest: r.Digest,
 		Credential: wire.ValidatePayload{ConnectionID: c.ID, ConnectionName: c.Name, MachineID: m.ID, Username: c.Username,
 			LogonType: c.LogonType, KeyID: cred.KeyID, Ciphertext: cred.Ciphertext},
 		RunMode: string(c.RunMode), Run: man.Run, Desktop: man.Desktop, TimeoutMS: time.Duration(man.Timeout).Milliseconds(),
 		Inputs: inputs, Screenshot: r.Screenshot, Sessions: m.Sessions}
 	for _, o := range man.Outputs {
-		p.Outputs = append(p.Outputs, wire.OutputDecl{Name: o.Name, Type: string(o.Type), Required: o.Required})
+		dp.Outputs = append(dp.Outputs, wire.OutputDecl{Name: o.Name, Type: string(o.Type), Required: o.Required})
 	}
-	payload, err := json.Marshal(p)
+	payload, err := json.Marshal(dp)
 	if err != nil {
 		return nil, err
 	}
