@@ -78,11 +78,25 @@ func (s *Service) Authenticate(ctx context.Context, bearer string) (*deskrun.Tok
 		}
 		return nil, err
 	}
-	if t.Kind != deskrun.TokenAPI || subtle.ConstantTimeCompare(t.Hash, hashSecret(secret)) != 1 || !t.Active(s.now()) {
+	now := s.now()
+	if t.Kind != deskrun.TokenAPI || subtle.ConstantTimeCompare(t.Hash, hashSecret(secret)) != 1 || !t.Active(now) {
 		return nil, unauthorized
+	}
+	// `token list` shows when a token was last used. Recorded at most once
+	// a minute per token, so a busy client does not add a write to each
+	// request.
+	if now.Sub(t.LastUsed) >= lastUsedEvery {
+		if err := s.Store.TouchToken(ctx, t.ID, now); err != nil {
+			s.Log.Warn("token_touch", "token_id", t.ID, "err", err)
+		} else {
+			t.LastUsed = now
+		}
 	}
 	return t, nil
 }
+
+// lastUsedEvery is how stale a token's LastUsed may get.
+const lastUsedEvery = time.Minute
 
 // Authorize fails with Forbidden unless t's role includes want.
 func Authorize(t *deskrun.Token, want deskrun.Role) error {
