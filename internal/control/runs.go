@@ -118,11 +118,14 @@ func (s *Service) reconcileRuns(ctx context.Context) error {
 
 // Kick asks for a placement pass (coalesced).
 func (s *Service) Kick() {
-	if s.sched.kick == nil {
+	s.sched.mu.Lock()
+	kick := s.sched.kick // set by StartScheduler; nil before it
+	s.sched.mu.Unlock()
+	if kick == nil {
 		return
 	}
 	select {
-	case s.sched.kick <- struct{}{}:
+	case kick <- struct{}{}:
 	default:
 	}
 }
